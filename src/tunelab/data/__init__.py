@@ -1,0 +1,1 @@
+"""Data: formats -> conversations -> cleaning -> chat-template rendering (ids + labels) -> batches."""
