@@ -43,8 +43,7 @@ def fmt(x: int | Fraction) -> str:
     x = Fraction(x)
     if x.denominator == 1:
         return str(x.numerator)
-    cents = x * 100
-    if cents.denominator != 1 or x < 0:
+    if (cents := x * 100).denominator != 1 or x < 0:
         raise AssertionError(f"arith generated a non-representable number {x}")
     return f"{cents.numerator // 100}.{cents.numerator % 100:02d}".rstrip("0")
 
@@ -78,11 +77,8 @@ class _Problem:
 
     def goods(self, k: int = 1) -> list[tuple[str, str, str]]:
         """k distinct (singular, plural, zh measure word); Chinese has one form for both."""
-        out = []
-        for i in self.r.sample(range(len(_GOODS)), k):
-            one, many, zh, mw = _GOODS[i]
-            out.append((one, many, mw) if self.lang == "en" else (zh, zh, mw))
-        return out
+        picked = [_GOODS[i] for i in self.r.sample(range(len(_GOODS)), k)]
+        return [(g[0], g[1], g[3]) if self.lang == "en" else (g[2], g[2], g[3]) for g in picked]
 
     def step(self, what_en: str, what_zh: str, a, op: str, b, unit: str) -> Fraction:
         c = _OPS[op](Fraction(a), Fraction(b))
@@ -93,9 +89,8 @@ class _Problem:
         return c
 
     def solution(self, final: str, answer: str) -> str:
-        ords = _ORD[self.lang][len(self.steps)]
         lines = []
-        for o, (what, a, op, b, c, unit) in zip(ords, self.steps):
+        for o, (what, a, op, b, c, unit) in zip(_ORD[self.lang][len(self.steps)], self.steps):
             eq = f"{fmt(a)} {op} {fmt(b)} = {fmt(c)}"
             lines.append(f"{o}, {what}: {eq}." if self.lang == "en" else f"{o}，{what}：{eq}（{unit}）。")
         lines.append(f"{final} \\boxed{{{answer}}}" if self.lang == "en" else f"{final}\\boxed{{{answer}}}")
@@ -303,8 +298,7 @@ def generate(n: int, lang: str = "en", seed: int = 0) -> list[dict]:
         raise ValueError(f"lang must be one of {', '.join(LANGS)}; got {lang!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    r = random.Random(seed)
-    out = []
+    r, out = random.Random(seed), []
     for i in range(n):
         p = _Problem(r, ("zh", "en")[i % 2] if lang == "mix" else lang)
         question, final, unit = _TEMPLATES[r.randrange(len(_TEMPLATES))](p)

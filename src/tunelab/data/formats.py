@@ -27,9 +27,8 @@ FORMATS: dict[str, Reader] = {}
 # would otherwise be silently ignored and surface later as a confusing "missing column").
 FIELDS: dict[str, tuple[str, ...]] = {}
 
-_USER = {"human", "user", "prompter"}
-_ASSISTANT = {"gpt", "assistant", "bot", "chatgpt", "model", "ai", "chatbot", "gpt4", "gpt-4"}
-_SYSTEM = {"system"}
+_ROLES = {"user": {"human", "user", "prompter"}, "system": {"system"},
+          "assistant": {"gpt", "assistant", "bot", "chatgpt", "model", "ai", "chatbot", "gpt4", "gpt-4"}}
 
 
 def _register(name: str, *fields: str) -> Callable[[Reader], Reader]:
@@ -96,12 +95,11 @@ def _join(instruction: str, extra: str | None) -> str:
 
 
 def _role(name: Any, where: str, index: int) -> str:
-    key = str(name).lower()
-    for role, names in (("user", _USER), ("assistant", _ASSISTANT), ("system", _SYSTEM)):
-        if key in names:
-            return role
-    raise DataError(f"{_at(where)}message {index}: unknown role {name!r}; expected one of "
-                    f"{sorted(_USER)} (user), {sorted(_ASSISTANT)} (assistant) or 'system'")
+    role = next((r for r, names in _ROLES.items() if str(name).lower() in names), None)
+    if role is None:
+        known = "; ".join(f"{r}: {', '.join(sorted(names))}" for r, names in _ROLES.items())
+        raise DataError(f"{_at(where)}message {index}: unknown role {name!r}; known role names ({known})")
+    return role
 
 
 @_register("alpaca", "instruction", "input", "output", "system", "history")
@@ -115,7 +113,8 @@ def read_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: s
         raise DataError(f"{_at(where)}column {r.column('history')!r} must be a list of [user, assistant] pairs")
     for i, pair in enumerate(history):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise DataError(f"{_at(where)}history item {i} must be a [user, assistant] pair of strings, got {pair!r:.80}")
+            raise DataError(f"{_at(where)}history item {i} must be a [user, assistant] pair of strings, "
+                            f"got {pair!r:.80}")
         msgs += [message("user", pair[0]), message("assistant", pair[1])]
     msgs.append(message("user", _join(r.text("instruction"), r.text("input", required=False))))
     msgs.append(message("assistant", r.text("output")))
@@ -193,8 +192,8 @@ def _chat(items: Any, where: str, col: str, role_key: str, content_key: str) -> 
         if not isinstance(item, dict):
             raise DataError(f"{_at(where)}message {i} must be an object, got {item!r:.80}")
         # sharegpt files use from/value, OpenAI-style files role/content; accept either in both.
-        rk, ck = (role_key, content_key) if role_key in item else ("role", "content") if "role" in item \
-            else ("from", "value")
+        pairs = [(role_key, content_key), ("role", "content"), ("from", "value")]
+        rk, ck = next((p for p in pairs if p[0] in item), pairs[0])
         if rk not in item or ck not in item:
             raise DataError(f"{_at(where)}message {i} needs {role_key!r}/{content_key!r} (or role/content), "
                             f"has keys {sorted(item)}")

@@ -1,0 +1,97 @@
+"""Batches from tokenized examples: padding-free packing, or padding with length-grouped batches.
+
+Packing puts several examples into one row with position ids restarting at 0 for each example.
+transformers (>= 4.54, incl. 5.x) reads those restarts and builds a block-diagonal causal mask for
+SDPA/eager/flash attention when no 2D attention mask is passed and no KV cache is used, so attention
+never crosses examples. Labels keep the Hugging Face convention (the model shifts them); the first
+token of every packed example is set to IGNORE_INDEX so no token is predicted from the end of the
+previous example (in SFT it is a prompt token anyway; in pretraining this costs one token a sample).
+
+The loss of a packed batch equals the loss of the same examples run one by one (tested to 1e-5).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+from .render import IGNORE_INDEX
+
+
+def pack_bins(lengths: Sequence[int], max_tokens: int, *, seed: int = 0, window: int = 1024) -> list[list[int]]:
+    """Group example indices into rows of at most `max_tokens` tokens.
+
+    Shuffled (seeded) so rows mix the data, then first-fit decreasing within windows of `window`
+    examples: near-optimal fill without sorting the whole data set by length.
+    """
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    bins: list[list[int]] = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: -lengths[i])
+        open_bins: list[tuple[int, list[int]]] = []  # (free tokens, indices)
+        for i in chunk:
+            n = min(lengths[i], max_tokens)
+            for b, (free, idx) in enumerate(open_bins):
+                if n <= free:
+                    idx.append(i)
+                    open_bins[b] = (free - n, idx)
+                    break
+            else:
+                open_bins.append((max_tokens - n, [i]))
+        bins.extend(idx for _, idx in open_bins)
+    random.Random(seed + 1).shuffle(bins)
+    return bins
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int = 0, mega: int = 50) -> list[list[int]]:
+    """Batches of similar lengths (little padding) in a random order, as HF's `group_by_length`."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    batches = []
+    step = batch_size * mega
+    for w in range(0, len(order), step):
+        chunk = sorted(order[w : w + step], key=lambda i: -lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_packed(rows: list[list[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
+    """`rows` is a batch of rows, each a list of examples {input_ids, labels} packed together."""
+    import torch
+
+    flat = []
+    for row in rows:
+        ids, labels, pos = [], [], []
+        for ex in row:
+            ids += ex["input_ids"]
+            labels += [IGNORE_INDEX] + list(ex["labels"][1:])
+            pos += range(len(ex["input_ids"]))
+        flat.append((ids, labels, pos))
+    width = max(len(ids) for ids, _, _ in flat)
+    out_ids, out_labels, out_pos = [], [], []
+    for ids, labels, pos in flat:
+        pad = width - len(ids)
+        out_ids.append(ids + [pad_id] * pad)
+        out_labels.append(labels + [IGNORE_INDEX] * pad)
+        out_pos.append(list(pos) + list(range(pad)))  # padding is its own "example": attends to itself only
+    return {
+        "input_ids": torch.tensor(out_ids),
+        "labels": torch.tensor(out_labels),
+        "position_ids": torch.tensor(out_pos),
+    }
+
+
+def collate_padded(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-padded batch with an attention mask (the classic layout)."""
+    import torch
+
+    width = max(len(ex["input_ids"]) for ex in examples)
+    ids, labels, mask = [], [], []
+    for ex in examples:
+        pad = width - len(ex["input_ids"])
+        ids.append(list(ex["input_ids"]) + [pad_id] * pad)
+        labels.append(list(ex["labels"]) + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(ex["input_ids"]) + [0] * pad)
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}

@@ -1,0 +1,48 @@
+"""Show a prepared data set to a person: statistics as a table, one example with its supervised part marked."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .render import IGNORE_INDEX
+
+OPEN, CLOSE = "⟦", "⟧"  # visible in plain logs too, where colour is stripped
+
+
+def marked_example(input_ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[str, bool]]:
+    """Split an example into (text, supervised) runs, in order."""
+    runs: list[tuple[list[int], bool]] = []
+    for tok, lab in zip(input_ids, labels):
+        sup = lab != IGNORE_INDEX
+        if runs and runs[-1][1] == sup:
+            runs[-1][0].append(tok)
+        else:
+            runs.append(([tok], sup))
+    return [(tokenizer.decode(ids), sup) for ids, sup in runs]
+
+
+def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
+    from datasets import load_from_disk
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = prepared.stats
+    console = Console()
+    table = Table(title=f"prepared {s['source']} ({'from cache' if prepared.cached else 'tokenized'})")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("examples in", str(s["examples_in"]))
+    table.add_row("train / validation", f"{s['examples_out']['train']} / {s['examples_out']['validation']}")
+    table.add_row("dropped", ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "none")
+    table.add_row("tokens (supervised)", f"{s['tokens']} ({s['supervised_fraction']:.1%})")
+    tl = s["token_length"]
+    table.add_row("tokens per example", f"p50 {tl['p50']}, p90 {tl['p90']}, p99 {tl['p99']}, max {tl['max']}")
+    table.add_row("template / end of turn", f"{s['template']} / {s['end_of_turn'] or '-'}")
+    console.print(table)
+    ex = load_from_disk(str(Path(prepared.path) / "train"))[0]
+    console.print(f"example (supervised part between {OPEN} {CLOSE}, in green):")
+    text = "".join(f"[green]{OPEN}{escape(t)}{CLOSE}[/green]" if sup else escape(t)
+                   for t, sup in marked_example(ex["input_ids"], ex["labels"], tokenizer))
+    console.print(text, highlight=False)
+    console.print(f"written to {out}")

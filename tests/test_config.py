@@ -1,0 +1,70 @@
+"""The typed config: defaults, YAML, overrides, strict errors, round trip, and every shipped YAML parses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunelab import config as C
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: tiny-qwen3\ntraining:\n  batch_size: 2\noptimizer:\n  lr: 1e-5\n")
+    cfg = C.load(path, ["training.batch_size=8", "method.target_modules=[q_proj,v_proj]", "data.columns={a: b}",
+                        "method.name=qlora", "data.limit=null"])
+    assert cfg.model.name == "tiny-qwen3"
+    assert cfg.training.batch_size == 8
+    assert cfg.optimizer.lr == 1e-5 and isinstance(cfg.optimizer.lr, float)  # YAML 1.1 reads 1e-5 as a string
+    assert cfg.method.target_modules == ["q_proj", "v_proj"]
+    assert cfg.method.name == "qlora" and cfg.data.columns == {"a": "b"} and cfg.data.limit is None
+    assert cfg.training.epochs == 1.0 and cfg.data.name == "arith"  # defaults
+
+
+def test_single_string_becomes_list_and_int_becomes_float():
+    cfg = C.load(None, ["method.target_modules=q_proj", "training.epochs=3"])
+    assert cfg.method.target_modules == ["q_proj"]
+    assert cfg.training.epochs == 3.0 and isinstance(cfg.training.epochs, float)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.batchsize=3", "unknown config key 'training.batchsize' (did you mean 'training.batch_size'?)"),
+    ("training.batch_size=abc", "config key 'training.batch_size': expected int, got 'abc' (str)"),
+    ("method.name=ia3", "config key 'method.name': expected one of 'full', 'freeze', 'lora'"),
+    ("training.gradient_checkpointing=3", "expected bool, got 3"),
+    ("nosection.x=1", "unknown config key 'nosection'"),
+    ("training=3", "config key 'training': expected a mapping"),
+    ("novalue", "must look like key.sub=value"),
+])
+def test_errors_name_the_key_value_and_allowed(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [override])
+    assert message in str(e.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  lr: 1\n")
+    with pytest.raises(C.ConfigError, match=r"bad.yaml: unknown config key 'training.lr'"):
+        C.load(bad)
+    with pytest.raises(C.ConfigError, match="config file not found"):
+        C.load(tmp_path / "missing.yaml")
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = C.load(None, ["data.name=gsm8k", "optimizer.betas=[0.9,0.95]", "data.system_prompt=你好"])
+    C.save(cfg, tmp_path / "config.yaml")
+    assert C.load(tmp_path / "config.yaml") == cfg
+
+
+SHIPPED = sorted(p for d in ("configs", "experiments") for p in (REPO / d).glob("**/*.yaml")
+                 if not p.parent.name.startswith("accelerate"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_parses_and_is_headed_by_its_command(path):
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# tunelab "), f"{path} must start with the command that runs it"
+    C.load(path)
