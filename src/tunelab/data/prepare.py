@@ -66,7 +66,9 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
     from datasets import Dataset
 
     rows = [{"messages": ex.get("messages", []), "text": ex.get("text", "")} for ex in examples]
-    ds = Dataset.from_list(rows) if rows else Dataset.from_dict({"messages": [], "text": []})
+    if not rows:
+        return Dataset.from_dict({"input_ids": [], "labels": []}), Counter()
+    ds = Dataset.from_list(rows)
     procs = num_proc or (min(4, os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1)
     ds = ds.map(_render_batch, batched=True, batch_size=256, fn_kwargs={"renderer": renderer, "stage": stage},
                 remove_columns=["messages", "text"], num_proc=procs if procs > 1 else None, desc=desc,
