@@ -4,6 +4,7 @@
     tunelab models                       # built-in offline models: installed? cached? size, origin
     tunelab data                         # built-in data sets and where they are found
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
+    tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -69,6 +70,37 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from . import config as C
+
+    cfg = C.load(args.config, args.overrides)
+    if args.nproc and args.nproc > 1:
+        return _launch(args)
+    from .train.recipe import train
+
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+    print(f"run directory: {cfg.output.dir}")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this command under `accelerate launch` with N processes (DDP; gloo on CPU)."""
+    import subprocess
+
+    import torch
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+    cmd += ["-m", "tunelab", "train", args.config, *args.overrides]
+    cmd += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
+    print("[tunelab] " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -90,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-cache", action="store_true", help="re-tokenize even if a cached result exists")
     commands["prepare"] = _cmd_prepare
+    p = sub.add_parser("train", help="train (full, freeze, LoRA, LoRA+, DoRA, QLoRA; sft or pt) into a run directory")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete a non-empty run directory and start again")
+    p.add_argument("--nproc", type=int, default=0, help="data-parallel processes (runs `accelerate launch`)")
+    commands["train"] = _cmd_train
     parser.set_defaults(_commands=commands)
     return parser
 
@@ -104,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data.conversation import DataError
     from .models.builtin import ModelNotFoundError
     from .paths import OutputExistsError
+    from .train.errors import USER_ERRORS
 
     try:
         return args._commands[args.command](args)
-    except (ConfigError, DataError, ModelNotFoundError, OutputExistsError) as e:
+    except (ConfigError, DataError, ModelNotFoundError, OutputExistsError, *USER_ERRORS) as e:
         print(f"tunelab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -57,6 +57,33 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
     return batches
 
 
+def step_plan(lengths: Sequence[int], *, packing: bool, max_length: int, batch_size: int, grad_accum: int = 1,
+              world_size: int = 1, seed: int = 0, drop_last: bool = False) -> list[list[list[list[int]]]]:
+    """One epoch as optimizer steps -> micro-batches -> units -> example indices.
+
+    A unit is a packed row (several examples) or, without packing, one example. Each step holds
+    `batch_size * grad_accum * world_size` units, sorted by length inside the step and cut into
+    micro-batches of `batch_size`; process `r` of `world_size` takes micro-batches `r::world_size`.
+    Because the step's content does not depend on how it is cut, batch 8 x 1 accumulation step,
+    batch 1 x 8 accumulation steps and 2 processes x 4 give the same update (tested).
+    """
+    if packing:
+        units = pack_bins(lengths, max_length, seed=seed)
+    else:
+        units = [[i] for b in length_grouped_batches(lengths, batch_size * grad_accum * world_size, seed=seed)
+                 for i in b]
+    size = {id(u): sum(lengths[i] for i in u) for u in units}
+    per_step = batch_size * grad_accum * world_size
+    steps = []
+    for s in range(0, len(units), per_step):
+        group = units[s : s + per_step]
+        if len(group) < per_step and drop_last:
+            break
+        group = sorted(group, key=lambda u: -size[id(u)])
+        steps.append([group[j : j + batch_size] for j in range(0, len(group), batch_size)])
+    return steps
+
+
 def collate_packed(rows: list[list[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
     """`rows` is a batch of rows, each a list of examples {input_ids, labels} packed together."""
     import torch

@@ -9,6 +9,7 @@ raises one message naming what was looked for, where, and how to get it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,10 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     r = resolve(ref) if isinstance(ref, str) else ref
+    adapter = Path(r.path) / "adapter_config.json"
+    if r.kind == "local" and adapter.is_file():
+        return _load_adapter(Path(r.path), dtype=dtype, attn_implementation=attn_implementation,
+                             trust_remote_code=trust_remote_code, **kwargs)
     try:
         if from_scratch:
             config = AutoConfig.from_pretrained(r.path, trust_remote_code=trust_remote_code, revision=revision)
@@ -111,3 +116,19 @@ def load_model(
         )
     except OSError as e:
         raise _wrap_hub_error(r, e) from None
+
+
+def run_metadata(path: str | Path) -> dict[str, Any]:
+    """`tunelab.json` written beside a trained model (base model, method, template), or {}."""
+    meta = Path(path) / "tunelab.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def _load_adapter(path: Path, **kwargs: Any) -> Any:
+    """A PEFT adapter directory: load its base model (by the reference tunelab saved), then the adapter."""
+    from peft import PeftModel
+
+    meta = run_metadata(path)
+    base_ref = meta.get("base_model") or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_model(base_ref, **kwargs)
+    return PeftModel.from_pretrained(base, str(path))
