@@ -68,3 +68,14 @@ def test_every_shipped_config_parses_and_is_headed_by_its_command(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# tunelab "), f"{path} must start with the command that runs it"
     C.load(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_valid(path):
+    import yaml
+
+    text = path.read_text()
+    assert text.startswith("# accelerate launch") or text.startswith("# On every machine")
+    cfg = yaml.safe_load(text)
+    assert cfg["distributed_type"] in ("FSDP", "DEEPSPEED", "MULTI_GPU")
+    assert cfg["num_processes"] >= cfg["num_machines"] >= 1

@@ -72,6 +72,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from . import config as C
 
@@ -81,21 +82,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.recipe import train
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
-    print(f"run directory: {cfg.output.dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary is enough
+        print(json.dumps(summary, indent=2))
+        print(f"run directory: {cfg.output.dir}")
     return 0
 
 
 def _launch(args: argparse.Namespace) -> int:
-    """Re-run this command under `accelerate launch` with N processes (DDP; gloo on CPU)."""
+    """Re-run this command as N data-parallel processes with torchrun (DDP: NCCL on GPU, gloo on CPU).
+
+    accelerate's Accelerator reads torchrun's environment, so the loop is the same; FSDP and DeepSpeed
+    go through `accelerate launch --config_file configs/accelerate/...` instead (see README).
+    """
     import subprocess
 
-    import torch
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
-    cmd += ["-m", "tunelab", "train", args.config, *args.overrides]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+           "-m", "tunelab", "train", args.config, *args.overrides]
     cmd += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
     print("[tunelab] " + " ".join(cmd), flush=True)
     return subprocess.call(cmd)

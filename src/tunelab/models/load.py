@@ -130,5 +130,12 @@ def _load_adapter(path: Path, **kwargs: Any) -> Any:
 
     meta = run_metadata(path)
     base_ref = meta.get("base_model") or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    q = meta.get("quantization")
+    if q and "quantization_config" not in kwargs:  # a QLoRA adapter is used on the 4-bit base it was trained on
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
+            bnb_4bit_compute_dtype=torch_dtype(q["compute_dtype"]))
     base = load_model(base_ref, **kwargs)
     return PeftModel.from_pretrained(base, str(path))

@@ -1,0 +1,80 @@
+"""The training loss: next-token cross-entropy on supervised positions only, in chunks.
+
+Why by hand: with a 151,936-token vocabulary (Qwen), the full logits tensor of a batch of 8 x 2048
+tokens is 10 GB in fp32, and most of it belongs to prompt positions whose loss is masked anyway.
+We run the decoder to hidden states, keep only positions whose *next* token is supervised, and
+apply the output head and cross-entropy chunk by chunk under activation checkpointing, so at most
+one chunk of logits (chunk x vocab) exists at a time, in the forward and in the backward pass.
+The result equals `F.cross_entropy(model(...).logits[:, :-1], labels[:, 1:], reduction="sum")`
+(tests check loss and gradients).
+
+`CausalLMLoss` is an `nn.Module` around the model so that data-parallel wrappers (DDP, FSDP,
+DeepSpeed through accelerate) see one forward call and synchronise gradients as usual.
+It returns the *sum* of token losses and the number of supervised tokens; the loop divides by the
+token count of the whole accumulated (and all-reduced) batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..data.render import IGNORE_INDEX
+
+
+def _base(model: torch.nn.Module) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of cross-entropy of `head(hidden)` against `targets`, `chunk` rows at a time."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_chunk_ce, head, h, t, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(head, h, t)
+    return total
+
+
+class CausalLMLoss(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        base = _base(self.model)
+        cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+            # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own
+            return reference_loss(self.model, {"input_ids": input_ids, "labels": labels,
+                                               "attention_mask": attention_mask, "position_ids": position_ids})
+        out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False)
+        hidden = out.last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        n_tokens = keep.sum()
+        loss = chunked_ce(base.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
+        return loss, n_tokens
+
+
+def reference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain computation (full logits), for tests and for checking peers use the same loss."""
+    inputs = {k: v for k, v in batch.items() if k != "labels" and v is not None}
+    logits = model(**inputs, use_cache=False).logits.float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, (targets != IGNORE_INDEX).sum()
