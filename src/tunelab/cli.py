@@ -5,6 +5,8 @@
     tunelab data                         # built-in data sets and where they are found
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
     tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
+    tunelab eval --model M --task T      # rollouts with the training template, grading, metrics
+    tunelab grade --task T FILE.jsonl    # grade existing outputs
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -103,6 +105,33 @@ def _launch(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate.command import eval_command
+
+    return eval_command(args)
+
+
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .evaluate.command import grade_command
+
+    return grade_command(args)
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate.tasks import TASKS
+
+    table = Table(title="evaluation tasks")
+    for col in ("task", "data", "scorer", "description"):
+        table.add_column(col)
+    for t in TASKS.values():
+        table.add_row(t.name, t.source or "--data", t.scorer if t.kind == "generate" else t.kind, t.description)
+    Console().print(table)
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -130,6 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete a non-empty run directory and start again")
     p.add_argument("--nproc", type=int, default=0, help="data-parallel processes (runs `accelerate launch`)")
     commands["train"] = _cmd_train
+
+    p = sub.add_parser("eval", help="rollouts + grading, perplexity or efficiency for one or more models")
+    p.add_argument("--model", action="append", default=[], help="model ref or run directory (repeat to compare)")
+    p.add_argument("--task", required=True, help="task name (`tunelab tasks`) or a task .yaml")
+    p.add_argument("--limit", type=int, help="first N items")
+    p.add_argument("--output", help="output directory (default runs/eval/<task>)")
+    p.add_argument("--data", help="data source for the task (overrides its default; required for perplexity)")
+    p.add_argument("--max-new-tokens", type=int, help="default: the task's, else 512")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("-n", type=int, default=1, help="samples per prompt (pass@k)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--template", help="override the chat template (warns if it differs from the trained one)")
+    p.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--export-review", help="CSV with prompts, answers, gold and empty human-score columns")
+    p.add_argument("--max-length", type=int, default=1024, help="perplexity: context window")
+    p.add_argument("--stride", type=int, default=512, help="perplexity: sliding-window stride")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="efficiency: prompt length")
+    commands["eval"] = _cmd_eval
+
+    p = sub.add_parser("grade", help="grade existing outputs: rows {prediction, gold} -> + extracted, correct")
+    p.add_argument("file", help="JSON lines with prediction and gold")
+    p.add_argument("--task", required=True, help="grader to use: a task with answers (math500, gsm8k, cmath, ...)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    commands["grade"] = _cmd_grade
+
+    p = sub.add_parser("tasks", help="list the evaluation tasks")
+    commands["tasks"] = _cmd_tasks
     parser.set_defaults(_commands=commands)
     return parser
 

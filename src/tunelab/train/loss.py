@@ -36,6 +36,8 @@ def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
 
 def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Sum of cross-entropy of `head(hidden)` against `targets`, `chunk` rows at a time."""
+    if hidden.shape[0] <= chunk:  # fits the budget in one piece: no recomputation needed
+        return _chunk_ce(head, hidden, targets)
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
         h, t = hidden[s : s + chunk], targets[s : s + chunk]
@@ -47,9 +49,12 @@ def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
 
 
 class CausalLMLoss(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, logits_budget_mb: int = 256):
         super().__init__()
         self.model = model
+        if chunk_size is None:  # rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens)
+            vocab = _base(model).get_output_embeddings().weight.shape[0]
+            chunk_size = max(64, logits_budget_mb * 2**20 // (4 * vocab))
         self.chunk_size = chunk_size
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,

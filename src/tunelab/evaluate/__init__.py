@@ -1,0 +1,1 @@
+"""Evaluation: rollouts, answer grading, perplexity, text metrics, efficiency."""
