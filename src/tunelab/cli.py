@@ -7,6 +7,9 @@
     tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
     tunelab eval --model M --task T      # rollouts with the training template, grading, metrics
     tunelab grade --task T FILE.jsonl    # grade existing outputs
+    tunelab run EXPERIMENT.yaml          # variants trained + evaluated alike, then a report
+    tunelab report DIR ...               # rebuild the report from saved runs
+    tunelab sweep SWEEP.yaml             # Optuna search over config keys, resumable
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -132,6 +135,43 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .experiment import spec
+    from .experiment.report import build
+    from .experiment.run import run
+
+    exp = spec.load(args.experiment)
+    status = run(exp, only=args.only or None)
+    report = build([exp.output], title=f"tunelab report: {exp.name}")
+    from .experiment.summary import print_summary
+
+    print_summary(exp.output, status, report)
+    return 0 if not any(v.startswith("failed") for v in status.values()) else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .experiment.report import build
+    from .experiment.summary import print_summary
+
+    report = build(args.dirs, out=args.output)
+    print_summary(report.parent, None, report)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from .experiment import sweep
+
+    spec = sweep.load_spec(args.sweep)
+    if args.storage:
+        spec["storage"] = args.storage
+    result = sweep.run(spec)
+    print(json.dumps(result, indent=2, default=str))
+    print(f"sweep report: {spec['output']}/sweep.md, best config: {spec['output']}/best_config.yaml")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -186,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
     commands["grade"] = _cmd_grade
+
+    p = sub.add_parser("run", help="run an experiment: train variants, evaluate them and the base, write the report")
+    p.add_argument("experiment", help="experiment YAML (see experiments/)")
+    p.add_argument("--only", action="append", help="run only this variant (repeatable)")
+    commands["run"] = _cmd_run
+
+    p = sub.add_parser("report", help="rebuild a report from experiment or run directories alone")
+    p.add_argument("dirs", nargs="+", help="an experiment directory, or run directories")
+    p.add_argument("--output", help="where to write report.md/html and charts (default: the first directory)")
+    commands["report"] = _cmd_report
+
+    p = sub.add_parser("sweep", help="hyperparameter search with Optuna (resumable, several workers can share it)")
+    p.add_argument("sweep", help="sweep YAML (see experiments/sweep_lora.yaml)")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default sqlite in the sweep directory)")
+    commands["sweep"] = _cmd_sweep
 
     p = sub.add_parser("tasks", help="list the evaluation tasks")
     commands["tasks"] = _cmd_tasks

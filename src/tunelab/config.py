@@ -229,7 +229,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise bad
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -246,13 +246,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name], f"{prefix}{name}.")
+            kwargs[name] = build_section(tp, data[name], f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(data[name], tp, f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for i, part in enumerate(parts[:-1]):
@@ -278,7 +278,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data or {}, "")
+    return build_section(Config, data or {}, "")
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -295,7 +295,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(tree, key, value)
+        set_path(tree, key, value)
     try:
         return from_dict(tree)
     except ConfigError as e:

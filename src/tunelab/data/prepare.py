@@ -93,6 +93,33 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
     return ds, drops
 
 
+def clean_and_split(examples: list[dict[str, Any]], *, dedup_mode: str, near_dup_threshold: float, val_size: float,
+                    seed: int) -> tuple[list[dict], list[dict], Counter]:
+    """Normalise, drop empties, deduplicate, then split: the one path to train/validation."""
+    drops: Counter = Counter()
+    examples = [normalise(ex) for ex in examples]
+    kept = [ex for ex in examples if not is_empty(ex)]
+    drops["empty"] = len(examples) - len(kept)
+    kept, dd = dedup(kept, mode=dedup_mode, threshold=near_dup_threshold)
+    drops.update(dd)
+    train, val = split(kept, val_size=val_size, seed=seed)
+    return train, val, drops
+
+
+def heldout_conversations(cfg: Any) -> list[dict[str, Any]]:
+    """The validation split of `cfg.data` as conversations, exactly as `prepare` splits it (before
+    length filtering), so an experiment can roll out on the part a model never trained on."""
+    from .sources import load_conversations
+
+    d = cfg.data
+    examples = load_conversations(d.name, format=d.format, columns=d.columns or None, split=d.split, limit=d.limit,
+                                  n=d.n, seed=d.seed, gsm8k_boxed=d.gsm8k_boxed)
+    examples = [apply_prompts(ex, system_prompt=d.system_prompt, instruction=d.instruction) for ex in examples]
+    _, val, _ = clean_and_split(examples, dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold,
+                                val_size=d.val_size, seed=d.seed)
+    return val
+
+
 def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto", columns: dict | None = None,
             split_name: str | None = None, limit: int | None = None, n: int = 2000, seed: int = 0,
             val_size: float = 0.05, template: str = "auto", enable_thinking: bool = False,
@@ -123,13 +150,8 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
     if use_cache and (cache / "stats.json").is_file():
         return Prepared(cache, json.loads((cache / "stats.json").read_text()), True)
 
-    drops: Counter = Counter()
-    examples = [normalise(ex) for ex in examples]
-    kept = [ex for ex in examples if not is_empty(ex)]
-    drops["empty"] = len(examples) - len(kept)
-    kept, dd = dedup(kept, mode=dedup_mode, threshold=near_dup_threshold)
-    drops.update(dd)
-    train, val = split(kept, val_size=val_size, seed=seed)
+    train, val, drops = clean_and_split(examples, dedup_mode=dedup_mode, near_dup_threshold=near_dup_threshold,
+                                        val_size=val_size, seed=seed)
     out_splits = {}
     for name, part in (("train", train), ("validation", val)):
         ds, d = tokenize_split(part, renderer, stage=stage, max_length=max_length, overlong=overlong,

@@ -58,6 +58,10 @@ class Loaded:
         self.system_prompt = self.train_cfg.data.system_prompt if self.train_cfg else None
         self.instruction = self.train_cfg.data.instruction if self.train_cfg else None
         self.model = load_model(r, dtype=dtype).eval()
+        if hasattr(self.model, "merge_and_unload") and not meta.get("quantization"):
+            # LoRA/DoRA folded into the weights: the same function, without the adapter's extra
+            # matmuls at every layer (several times faster generation on CPU)
+            self.model = self.model.merge_and_unload()
         if device:
             self.model.to(device)
 
@@ -98,6 +102,14 @@ def score_row(task: Task, prediction: str, gold: str) -> dict[str, Any]:
     return {}
 
 
+def _has_final_answer(row: dict[str, Any]) -> bool:
+    """A final answer stated as such (boxed, "The answer is", "#### N", "答：", a choice letter); the
+    last-number fallback used for flexible scoring does not count, so the rate measures format."""
+    if "strict_extracted" in row:
+        return row["strict_extracted"] is not None
+    return row.get("extracted") is not None and row.get("extractor") != "last_number"
+
+
 def aggregate(task: Task, rows: list[dict[str, Any]], n_samples: int) -> dict[str, Any]:
     from .scores import accuracy_summary, pass_at_k, rouge_bleu_zh
 
@@ -107,7 +119,7 @@ def aggregate(task: Task, rows: list[dict[str, Any]], n_samples: int) -> dict[st
         out.update(rouge_bleu_zh([r["prediction"] for r in first], [r["gold"] for r in first]))
         return out
     out.update(accuracy_summary([bool(r["correct"]) for r in first]))
-    out["parseable_rate"] = round(sum(r["extracted"] is not None for r in first) / max(1, len(first)), 4)
+    out["parseable_rate"] = round(sum(_has_final_answer(r) for r in first) / max(1, len(first)), 4)
     if any("strict_correct" in r for r in first):
         strict = accuracy_summary([bool(r.get("strict_correct")) for r in first])
         out["strict_accuracy"], out["strict_ci95"] = strict["accuracy"], strict["ci95"]

@@ -1,0 +1,1 @@
+"""Experiments: several variants trained and evaluated alike, sweeps, and reports."""

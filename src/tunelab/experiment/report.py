@@ -1,0 +1,248 @@
+"""The comparison report, built from run and eval directories alone (`tunelab report DIR ...`).
+
+Reads only files other commands wrote: each run's `metrics.jsonl`, `summary.json`, `config.yaml`,
+`data_stats.json`, `error.txt`, and each `eval/<model>/<task>/results.json`. Writes `report.md`, a
+self-contained `report.html` (images embedded) and the PNG charts beside them:
+- `loss_train.png`: training loss vs step, all variants in one chart;
+- `loss_val.png`: validation loss vs step;
+- `data_scale.png`: score and final validation loss against training-set size, when variants
+  differ in data size.
+Evaluations run with different settings (generation settings, template, n) are flagged in the
+report instead of being compared silently.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Path]:
+    """(runs by name, evals by model label -> task -> results, output directory) from experiment
+    directories (with runs/ and eval/) or plain run directories."""
+    runs: dict[str, dict[str, Any]] = {}
+    evals: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        d = Path(d)
+        run_dirs = sorted(p for p in (d / "runs").iterdir() if p.is_dir()) if (d / "runs").is_dir() else [d]
+        for r in run_dirs:
+            metrics = []
+            if (r / "metrics.jsonl").is_file():
+                metrics = [json.loads(l) for l in (r / "metrics.jsonl").read_text().splitlines() if l.strip()]
+            cfg = yaml.safe_load((r / "config.yaml").read_text()) if (r / "config.yaml").is_file() else {}
+            runs[r.name] = {"dir": r, "metrics": metrics, "summary": _json(r / "summary.json"), "config": cfg or {},
+                            "data": _json(r / "data_stats.json"),
+                            "error": (r / "error.txt").read_text().split("\n")[0] if (r / "error.txt").is_file() else None}
+        if (d / "eval").is_dir():
+            for label in sorted(p for p in (d / "eval").iterdir() if p.is_dir()):
+                for task in sorted(p for p in label.iterdir() if p.is_dir()):
+                    res = _json(task / "results.json")
+                    if res is not None:
+                        evals.setdefault(label.name, {})[task.name] = res
+    out = Path(dirs[0]) if len(dirs) == 1 else Path(dirs[0]).parent
+    return runs, evals, out
+
+
+def _plot_loss(runs: dict[str, dict[str, Any]], split: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    drawn = False
+    for name, r in runs.items():
+        pts = [(m["step"], m["loss"]) for m in r["metrics"] if m.get("split") == split]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if split == "val" else None, markersize=3, label=name)
+            drawn = True
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean token cross-entropy, nats)")
+    ax.set_title(("training" if split == "train" else "validation") + " loss")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def _plot_scale(rows: list[tuple[int, float | None, float | None]], path: Path, task: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    xs = [r[0] for r in rows]
+    if task and any(r[1] is not None for r in rows):
+        ax.plot(xs, [100 * (r[1] or 0) for r in rows], marker="o", color="tab:blue", label=f"{task} accuracy")
+        ax.set_ylabel(f"{task} accuracy (%)")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [r[2] for r in rows], marker="s", color="tab:red", label="final validation loss")
+    ax2.set_ylabel("final validation loss (nats)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_title("data scale")
+    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _scale_series(runs: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """Runs that differ only in training-set size (same method, targets, optimizer, lr): the largest such group."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for name, r in runs.items():
+        size = (r["data"] or {}).get("examples_out", {}).get("train")
+        if not size or r["summary"] is None:
+            continue
+        c = r["config"]
+        m, o = c.get("method") or {}, c.get("optimizer") or {}
+        key = json.dumps([m.get("name"), m.get("lora_r"), m.get("target_modules"), o.get("name"), o.get("lr")])
+        groups.setdefault(key, []).append((name, size))
+    best = max(groups.values(), key=lambda g: len({s for _, s in g}), default=[])
+    return best if len({s for _, s in best}) > 1 else []
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _resource_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for name, r in runs.items():
+        s = r["summary"]
+        if s is None:
+            rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "failed: " + (r["error"] or "no summary")])
+            continue
+        epochs = s.get("epoch_times_s") or []
+        per_epoch = sum(epochs) / len(epochs) if epochs else None
+        rows.append([name, s["method"], s["optimizer"], f"{s['trainable_params']:,}",
+                     f"{s['peak_mem_mb']:,.0f} ({'GPU alloc' if s['peak_mem_kind'].startswith('cuda') else 'CPU RSS'})",
+                     _fmt(per_epoch, 1), _fmt(s.get("supervised_tokens_per_s"), 1), _fmt(s["train_time_s"], 1),
+                     _fmt(s.get("final_train_loss")), _fmt(s.get("final_val_loss")), "ok"])
+    return rows
+
+
+RESOURCE_COLS = ["variant", "method", "optimizer", "trainable params", "peak memory MB", "time/epoch s",
+                 "supervised tok/s", "total train s", "final train loss", "final val loss", "status"]
+
+
+def _settings_key(res: dict[str, Any]) -> str:
+    g = dict(res.get("generation") or {})
+    g.pop("batch_size", None)  # batching does not change greedy outputs (tested)
+    return json.dumps({"gen": g, "n": res.get("n"), "thinking": res.get("enable_thinking")}, sort_keys=True)
+
+
+def _score_table(evals: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    tasks = sorted({t for per in evals.values() for t in per})
+    labels = (["base"] if "base" in evals else []) + [k for k in evals if k != "base"]
+    cols = ["model"]
+    warnings = []
+    for t in tasks:
+        results = [evals[l][t] for l in labels if t in evals[l]]
+        if len({_settings_key(r) for r in results}) > 1:
+            warnings.append(f"task {t}: the models were evaluated with different settings (generation, n or "
+                            "thinking mode); their scores are not directly comparable")
+        rouge = any("rouge-l" in r for r in results)
+        cols += [f"{t} ROUGE-L / BLEU-4"] if rouge else [f"{t} accuracy [95% CI]", f"{t} vs base (points)",
+                                                         f"{t} final answer stated"]
+    rows = []
+    for l in labels:
+        row = [l]
+        for t in tasks:
+            r = evals[l].get(t)
+            base = evals.get("base", {}).get(t)
+            if r is not None and "rouge-l" in r:
+                row.append(f"{r['rouge-l']:.2f} / {r['bleu-4']:.2f}")
+            elif r is None:
+                row += ["-", "-", "-"]
+            else:
+                lo, hi = r["ci95"]
+                row.append(f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})")
+                diff = "" if l == "base" or base is None else f"{100 * (r['accuracy'] - base['accuracy']):+.1f}"
+                row.append(diff or "-")
+                row.append(f"{100 * r['parseable_rate']:.0f}%" if "parseable_rate" in r else "-")
+        rows.append(row)
+    return cols, rows, warnings
+
+
+def _md_table(cols: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(cols: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def build(dirs: list[str | Path], out: str | Path | None = None, title: str | None = None) -> Path:
+    runs, evals, default_out = collect([Path(d) for d in dirs])
+    out = Path(out or default_out)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = []
+    if _plot_loss(runs, "train", out / "loss_train.png"):
+        charts.append(("Training loss", "loss_train.png"))
+    if _plot_loss(runs, "val", out / "loss_val.png"):
+        charts.append(("Validation loss", "loss_val.png"))
+    series = _scale_series(runs)
+    if series:
+        task = next(iter(sorted({t for per in evals.values() for t in per})), None)
+        pts = [(size, (evals.get(n, {}).get(task) or {}).get("accuracy") if task else None,
+                (runs[n]["summary"] or {}).get("final_val_loss")) for n, size in series]
+        _plot_scale(pts, out / "data_scale.png", task)
+        charts.append(("Score and validation loss against data size", "data_scale.png"))
+    res_rows = _resource_rows(runs)
+    score_cols, score_rows, warnings = _score_table(evals)
+    title = title or f"tunelab report: {out.name}"
+
+    md = [f"# {title}", ""]
+    for w in warnings:
+        md += [f"> **Warning:** {w}", ""]
+    md += ["## Resources", "", _md_table(RESOURCE_COLS, res_rows), "",
+           "Peak memory: GPU max allocated, or the process's peak resident memory on CPU. Time per epoch and "
+           "throughput exclude evaluation and checkpointing.", ""]
+    if score_rows:
+        md += ["## Scores", "", _md_table(score_cols, score_rows), "",
+               "Accuracy in percent with its 95% Wilson interval; 'vs base' is the difference to the base model "
+               "in percentage points; 'final answer stated' is the share of outputs that state a final answer "
+               "(\\boxed{}, 'The answer is', '#### N', '答：') rather than leaving it to the last number.", ""]
+    for caption, png in charts:
+        md += [f"## {caption}", "", f"![{caption}]({png})", ""]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             ".warn{background:#fff3cd;padding:.6em;border-left:4px solid #e0a800}img{max-width:100%}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts += [f"<p class='warn'>Warning: {html.escape(w)}</p>" for w in warnings]
+    parts += ["<h2>Resources</h2>", _html_table(RESOURCE_COLS, res_rows)]
+    if score_rows:
+        parts += ["<h2>Scores</h2>", _html_table(score_cols, score_rows)]
+    for caption, png in charts:
+        data = base64.b64encode((out / png).read_bytes()).decode()
+        parts += [f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]
+    parts.append("</body></html>")
+    (out / "report.html").write_text("".join(parts), encoding="utf-8")
+    return out / "report.md"

@@ -1,0 +1,88 @@
+"""An experiment: a base config plus named variants (each a set of overrides) plus evaluation tasks.
+
+    # experiments/quickstart.yaml
+    base: ../configs/quickstart.yaml          # a config file (relative to this file) or an inline mapping
+    overrides: {data.n: 200}                  # applied to every variant
+    variants:
+      lora: {}
+      full_adamw: {method.name: full, optimizer.lr: 1.0e-5}
+    evaluation: {tasks: [arith], limit: 50, max_new_tokens: 256, batch_size: 16}
+    output: runs/quickstart_study
+
+Every variant's overrides are checked against the config schema before anything runs: a key that
+is not a config key is an error naming the key and the variant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import config as C
+
+
+@dataclass
+class EvalSpec:
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+    base_model: bool = True  # evaluate the untuned base model once, as the reference row
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path | None
+    output: Path
+    variants: dict[str, C.Config]
+    overrides: dict[str, dict[str, Any]]  # variant -> its own overrides (for the report)
+    evaluation: EvalSpec
+    base_model: str
+
+
+def load(path: str | Path) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise C.ConfigError(f"experiment file not found: {path}")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    known = {"base", "overrides", "variants", "evaluation", "output", "name"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise C.ConfigError(f"{path}: unknown experiment key(s) {unknown}; known: {', '.join(sorted(known))}")
+    base = spec.get("base") or {}
+    if isinstance(base, str):
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise C.ConfigError(f"{path}: base config not found: {base_path}")
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    common = spec.get("overrides") or {}
+    variants_spec = spec.get("variants") or {}
+    if not variants_spec:
+        raise C.ConfigError(f"{path}: an experiment needs at least one variant under 'variants'")
+    output = Path(spec.get("output") or f"runs/{path.stem}")
+    variants: dict[str, C.Config] = {}
+    for name, over in variants_spec.items():
+        over = over or {}
+        if not isinstance(over, dict):
+            raise C.ConfigError(f"{path}: variant '{name}' must be a mapping of config keys to values")
+        tree = yaml.safe_load(yaml.safe_dump(base))  # a deep copy
+        try:
+            for key, value in {**common, **over}.items():
+                C.set_path(tree, str(key), value)
+            cfg = C.from_dict(tree)
+        except C.ConfigError as e:
+            raise C.ConfigError(f"{path}: variant '{name}': {e}") from None
+        cfg.output.dir = str(output / "runs" / name)
+        variants[name] = cfg
+    ev = spec.get("evaluation") or {}
+    try:
+        evaluation = C.build_section(EvalSpec, ev, "evaluation.")
+    except C.ConfigError as e:
+        raise C.ConfigError(f"{path}: {e}") from None
+    first = next(iter(variants.values()))
+    return Experiment(name=spec.get("name") or path.stem, path=path, output=output, variants=variants,
+                      overrides={k: dict(v or {}) for k, v in variants_spec.items()}, evaluation=evaluation,
+                      base_model=first.model.name)

@@ -1,0 +1,124 @@
+"""Experiments on tiny-qwen3: variant expansion and its errors, skip and resume of variants, a
+failed variant reported while the others run, the report rebuilt from saved runs alone (with its
+charts and tables), and the warning for evaluations run with different settings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tunelab import config as C
+from tunelab.cli import main
+from tunelab.experiment import spec as S
+from tunelab.experiment.run import run
+
+COMMON = {"model.name": "tiny-qwen3", "data.name": "arith_en", "data.n": 24, "data.val_size": 4,
+          "data.max_length": 256, "data.dedup": "exact", "training.max_steps": 2, "training.batch_size": 2,
+          "training.log_every": 1, "training.eval_every": 1, "training.save_every": 1, "method.lora_r": 4}
+
+
+def write_exp(tmp_path: Path, variants: dict, evaluation: dict | None = None) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"base": str(REPO / "configs/quickstart.yaml"), "overrides": COMMON,
+                                    "variants": variants, "output": str(tmp_path / "study"),
+                                    "evaluation": evaluation or {}}))
+    return path
+
+
+def test_variant_expansion(tmp_path):
+    exp = S.load(write_exp(tmp_path, {"lora": {}, "full_sgd": {"method.name": "full", "optimizer.name": "sgd"}}))
+    assert list(exp.variants) == ["lora", "full_sgd"]
+    lora, sgd = exp.variants["lora"], exp.variants["full_sgd"]
+    assert lora.method.name == "lora" and sgd.method.name == "full" and sgd.optimizer.name == "sgd"
+    assert lora.data.n == sgd.data.n == 24 and lora.model.name == "tiny-qwen3"
+    assert sgd.output.dir == str(tmp_path / "study" / "runs" / "full_sgd")
+    assert exp.base_model == "tiny-qwen3"
+
+
+def test_bad_variant_key_names_key_and_variant(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"variant 'bad': unknown config key 'training.batchsize'"):
+        S.load(write_exp(tmp_path, {"ok": {}, "bad": {"training.batchsize": 3}}))
+    with pytest.raises(C.ConfigError, match=r"variant 'bad2': config key 'method.name': expected one of"):
+        S.load(write_exp(tmp_path, {"bad2": {"method.name": "ia3"}}))
+
+
+def test_shipped_experiments_parse():
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        assert path.read_text().startswith("# tunelab "), path
+        if "sweep" in path.name:
+            from tunelab.experiment.sweep import load_spec
+
+            load_spec(path)
+        else:
+            assert S.load(path).variants
+
+
+def test_run_skip_resume_fail_and_report(tmp_path):
+    variants = {"lora": {}, "full": {"method.name": "full", "optimizer.name": "sgd", "optimizer.lr": 0.05},
+                "broken": {"method.target_modules": ["no_such_proj"]}}
+    path = write_exp(tmp_path, variants, {"tasks": ["arith_en"], "limit": 2, "max_new_tokens": 3, "batch_size": 2})
+    exp = S.load(path)
+    study = tmp_path / "study"
+
+    # an interrupted variant: 'full' crashed after its first checkpoint
+    from tunelab.train.recipe import train
+
+    def crash(step, state):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(exp.variants["full"], callbacks=(crash,))
+    assert (study / "runs" / "full" / "checkpoints" / "step-000001").is_dir()
+
+    status = run(exp)
+    assert status["lora"] == "trained" and status["full"] == "trained"
+    assert status["broken"].startswith("failed: MethodError") and "no_such_proj" in status["broken"]
+    full_metrics = [json.loads(l) for l in (study / "runs/full/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in full_metrics if m["split"] == "train"] == [1, 2]  # resumed, not restarted
+    assert (study / "runs/broken/error.txt").read_text().startswith("MethodError")
+    for label in ("base", "lora", "full"):
+        res = json.loads((study / "eval" / label / "arith_en" / "results.json").read_text())
+        assert res["n"] == 2 and res["generation"]["max_new_tokens"] == 3
+    assert not (study / "eval" / "broken").exists()
+
+    stamp = (study / "runs/lora/summary.json").stat().st_mtime_ns
+    again = run(exp)
+    assert again["lora"] == again["full"] == "done earlier"
+    assert (study / "runs/lora/summary.json").stat().st_mtime_ns == stamp
+
+    # the report from saved runs alone
+    for f in ("report.md", "report.html", "loss_train.png", "loss_val.png"):
+        (study / f).unlink(missing_ok=True)
+    assert main(["report", str(study)]) == 0
+    md = (study / "report.md").read_text()
+    assert "## Resources" in md and "## Scores" in md and "| base |" in md and "| lora |" in md
+    assert "failed: MethodError" in md
+    assert (study / "loss_train.png").stat().st_size > 1000 and (study / "loss_val.png").stat().st_size > 1000
+    html = (study / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "Warning" not in html
+    lora_row = next(l for l in md.splitlines() if l.startswith("| lora |"))
+    summary = json.loads((study / "runs/lora/summary.json").read_text())
+    assert f"{summary['trainable_params']:,}" in lora_row
+
+    # evaluations with different settings are flagged, not compared silently
+    res_path = study / "eval/lora/arith_en/results.json"
+    res = json.loads(res_path.read_text())
+    res["generation"]["max_new_tokens"] = 99
+    res_path.write_text(json.dumps(res))
+    assert main(["report", str(study)]) == 0
+    assert "evaluated with different settings" in (study / "report.md").read_text()
+
+
+def test_data_scale_chart(tmp_path):
+    variants = {"n12": {"data.n": 12}, "n24": {"data.n": 24}}
+    exp = S.load(write_exp(tmp_path, variants))
+    run(exp)
+    md = (tmp_path / "study" / "report.md").read_text() if (tmp_path / "study" / "report.md").exists() else None
+    from tunelab.experiment.report import build
+
+    build([tmp_path / "study"])
+    md = (tmp_path / "study" / "report.md").read_text()
+    assert "against data size" in md and (tmp_path / "study" / "data_scale.png").stat().st_size > 1000
