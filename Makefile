@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
 demo: setup
-	$(BIN)/tunelab train configs/quickstart.yaml --overwrite
+	$(BIN)/tunelab run experiments/quickstart.yaml
 
 test: setup-test
 	$(BIN)/python -m pytest -q

@@ -24,7 +24,7 @@ def write_exp(tmp_path: Path, variants: dict, evaluation: dict | None = None) ->
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump({"base": str(REPO / "configs/quickstart.yaml"), "overrides": COMMON,
                                     "variants": variants, "output": str(tmp_path / "study"),
-                                    "evaluation": evaluation or {}}))
+                                    "evaluation": evaluation or {}}, sort_keys=False))
     return path
 
 

@@ -3,7 +3,6 @@ SQLite study split the trials without running one twice."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,11 +29,15 @@ def write_sweep(tmp_path: Path, lrs: list[float], trials: int) -> Path:
 
 
 def states(tmp_path: Path) -> list[tuple[int, str, float | None]]:
-    con = sqlite3.connect(tmp_path / "sw" / "optuna.db")
-    rows = con.execute("select t.number, t.state, p.param_value from trials t left join trial_params p "
-                       "on p.trial_id = t.trial_id order by t.number").fetchall()
-    con.close()
-    return rows
+    """(trial number, state, learning rate) read from the study's SQLite storage."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'sw' / 'optuna.db'}"
+    try:
+        study = optuna.load_study(study_name="sweep", storage=url)
+    except KeyError:  # the worker has not created the study yet
+        return []
+    return [(t.number, t.state.name, t.params.get("optimizer.lr")) for t in study.get_trials(deepcopy=False)]
 
 
 def launch(path: Path) -> subprocess.Popen:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +107,25 @@ def grid_space(space: dict[str, Any]) -> dict[str, list]:
 
 
 def _study(spec: dict[str, Any]) -> Any:
-    import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    import warnings
 
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
     out = Path(spec["output"])
     out.mkdir(parents=True, exist_ok=True)
     url = spec.get("storage") or f"sqlite:///{(out / 'optuna.db').resolve()}"
-    storage = RDBStorage(url, heartbeat_interval=spec.get("heartbeat_interval", HEARTBEAT_S),
-                         grace_period=spec.get("grace_period", GRACE_S),
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+    for attempt in range(10):  # workers starting together race to create the schema: retry, don't crash
+        try:
+            storage = RDBStorage(url, heartbeat_interval=spec.get("heartbeat_interval", HEARTBEAT_S),
+                                 grace_period=spec.get("grace_period", GRACE_S),
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            break
+        except Exception:  # sqlalchemy/alembic errors while another worker creates the tables
+            if attempt == 9:
+                raise
+            time.sleep(0.5 + attempt * 0.5)
     if spec["sampler"] == "grid":
         sampler = optuna.samplers.GridSampler(grid_space(spec["space"]), seed=spec["seed"])
     elif spec["sampler"] == "random":
@@ -122,8 +133,14 @@ def _study(spec: dict[str, Any]) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=spec["seed"])
     pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if spec["pruning"] else optuna.pruners.NopPruner()
-    return optuna.create_study(study_name=spec["name"], storage=storage, sampler=sampler, pruner=pruner,
-                               direction=spec["direction"], load_if_exists=True)
+    for attempt in range(10):
+        try:
+            return optuna.create_study(study_name=spec["name"], storage=storage, sampler=sampler, pruner=pruner,
+                                       direction=spec["direction"], load_if_exists=True)
+        except Exception:  # the other worker created the same study between our check and insert
+            if attempt == 9:
+                raise
+            time.sleep(0.5 + attempt * 0.5)
 
 
 def _objective_value(spec: dict[str, Any], run_dir: Path, summary: dict[str, Any]) -> float:
@@ -154,7 +171,7 @@ def _objective_value(spec: dict[str, Any], run_dir: Path, summary: dict[str, Any
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     from ..train.recipe import train
@@ -164,7 +181,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     def objective(trial: Any) -> float:
         params = suggest(trial, spec["space"])
-        retried = RetryFailedTrialCallback.retried_trial_number(trial)
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         number = retried if retried is not None else trial.number  # a retry resumes its run directory
         run_dir = out / "trials" / f"trial-{number:04d}"
         cfg = trial_cfg(spec, params, str(run_dir))
@@ -188,6 +206,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         return len(study.get_trials(deepcopy=False, states=states))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
     # one trial at a time, checking the shared study first, so several workers stop at `trials` in all
     while active() < int(spec["trials"]):
         if spec["sampler"] == "grid" and _grid_done(study, spec):
