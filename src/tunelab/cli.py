@@ -10,12 +10,16 @@
     tunelab run EXPERIMENT.yaml          # variants trained + evaluated alike, then a report
     tunelab report DIR ...               # rebuild the report from saved runs
     tunelab sweep SWEEP.yaml             # Optuna search over config keys, resumable
+    tunelab chat MODEL|RUN_DIR           # multi-turn chat in the terminal (or piped stdin), streamed
+    tunelab serve MODEL|RUN_DIR          # OpenAI-compatible HTTP server (/v1/chat/completions)
+    tunelab export RUN_DIR --output DIR  # merge a LoRA/DoRA adapter into a plain transformers model
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -172,6 +176,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .serve.chat import chat_command
+
+    return chat_command(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.server import serve_command
+
+    return serve_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .serve.export import export_command
+
+    return export_command(args)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -244,6 +266,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tasks", help="list the evaluation tasks")
     commands["tasks"] = _cmd_tasks
+
+    p = sub.add_parser("chat", help="chat with a model or run directory in the terminal (piped stdin: replies only)")
+    p.add_argument("model", help="model ref or run directory")
+    p.add_argument("--system", help="system prompt (default: the one the run was trained with, if any)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="per reply (default 512)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default, as tunelab eval)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="seed for sampling (default: random)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    commands["chat"] = _cmd_chat
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server: /v1/chat/completions, /v1/models, /health")
+    p.add_argument("model", help="model ref or run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("TUNELAB_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $TUNELAB_API_KEY, else no key)")
+    p.add_argument("--max-input-tokens", type=int, help="longest prompt accepted (default: the model's context)")
+    p.add_argument("--max-tokens-limit", type=int, default=1024,
+                   help="most completion tokens a request may ask for, and the default (1024)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    commands["serve"] = _cmd_serve
+
+    p = sub.add_parser("export", help="merge a LoRA/DoRA adapter (or copy a full run) into a plain transformers model")
+    p.add_argument("run_dir", help="run directory written by `tunelab train`")
+    p.add_argument("--output", required=True, help="directory to write (must be empty or absent)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="weights dtype (default auto: the dtype the base model was saved in)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    commands["export"] = _cmd_export
     parser.set_defaults(_commands=commands)
     return parser
 
@@ -258,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data.conversation import DataError
     from .models.builtin import ModelNotFoundError
     from .paths import OutputExistsError
+    from .serve.errors import USER_ERRORS as SERVE_ERRORS
     from .train.errors import USER_ERRORS
 
     try:
         return args._commands[args.command](args)
-    except (ConfigError, DataError, ModelNotFoundError, OutputExistsError, *USER_ERRORS) as e:
+    except (ConfigError, DataError, ModelNotFoundError, OutputExistsError, *USER_ERRORS, *SERVE_ERRORS) as e:
         print(f"tunelab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -59,7 +59,8 @@ def test_shipped_experiments_parse():
 def test_run_skip_resume_fail_and_report(tmp_path):
     variants = {"lora": {}, "full": {"method.name": "full", "optimizer.name": "sgd", "optimizer.lr": 0.05},
                 "broken": {"method.target_modules": ["no_such_proj"]}}
-    path = write_exp(tmp_path, variants, {"tasks": ["arith_en"], "limit": 2, "max_new_tokens": 3, "batch_size": 2})
+    path = write_exp(tmp_path, variants, {"tasks": ["arith_en", "heldout"], "limit": 2, "max_new_tokens": 3,
+                                          "batch_size": 2})
     exp = S.load(path)
     study = tmp_path / "study"
 
@@ -83,6 +84,19 @@ def test_run_skip_resume_fail_and_report(tmp_path):
         res = json.loads((study / "eval" / label / "arith_en" / "results.json").read_text())
         assert res["n"] == 2 and res["generation"]["max_new_tokens"] == 3
     assert not (study / "eval" / "broken").exists()
+    # `heldout` rolls out on the validation split of the training data: never a training question
+    from tunelab.data.prepare import clean_and_split
+    from tunelab.data.prompts import apply_prompts
+    from tunelab.data.sources import load_conversations
+
+    cfg = exp.variants["lora"]
+    convs = [apply_prompts(c) for c in load_conversations("arith_en", n=cfg.data.n, seed=cfg.data.seed)]
+    train_part, val_part, _ = clean_and_split(convs, dedup_mode="exact", near_dup_threshold=0.9,
+                                              val_size=cfg.data.val_size, seed=cfg.data.seed)
+    train_q = {c["messages"][0]["content"] for c in train_part}
+    held = [json.loads(l) for l in (study / "eval/lora/heldout/predictions.jsonl").read_text().splitlines()]
+    assert len(held) == 2 and {r["id"] for r in held} <= {c["meta"]["id"] for c in val_part}
+    assert not any(q in r["prompt"] for r in held for q in train_q)
 
     stamp = (study / "runs/lora/summary.json").stat().st_mtime_ns
     again = run(exp)
@@ -116,7 +130,6 @@ def test_data_scale_chart(tmp_path):
     variants = {"n12": {"data.n": 12}, "n24": {"data.n": 24}}
     exp = S.load(write_exp(tmp_path, variants))
     run(exp)
-    md = (tmp_path / "study" / "report.md").read_text() if (tmp_path / "study" / "report.md").exists() else None
     from tunelab.experiment.report import build
 
     build([tmp_path / "study"])

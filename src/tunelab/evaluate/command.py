@@ -48,7 +48,7 @@ def eval_command(args: Any) -> int:
             res = _efficiency(loaded, task, args, target)
         else:
             items = task.items(limit=args.limit, source=args.data, system_prompt=loaded.system_prompt,
-                               instruction=loaded.instruction if loaded.instruction != "auto" else None)
+                               instruction=loaded.task_instruction)
             settings = GenerationSettings(
                 max_new_tokens=args.max_new_tokens or task.max_new_tokens or 512, temperature=args.temperature,
                 top_p=args.top_p, n=args.n, seed=args.seed, batch_size=args.batch_size)

@@ -65,6 +65,11 @@ class Loaded:
         if device:
             self.model.to(device)
 
+    @property
+    def task_instruction(self) -> str | None:
+        """The math instruction the model was trained with, to ask it the same way (None: task default)."""
+        return self.instruction if self.instruction not in (None, "auto") else None
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.ref, "template": self.renderer.template, "end_of_turn": self.renderer.eot,
                 "enable_thinking": self.renderer.template_kwargs.get("enable_thinking"),

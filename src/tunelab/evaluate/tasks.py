@@ -55,15 +55,20 @@ class Task:
         for i, conv in enumerate(convs):
             conv = normalise(apply_prompts(conv, system_prompt=system_prompt,
                                            instruction=self.instruction if instruction is None else instruction))
-            msgs = conv["messages"]
-            last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
-            gold = conv.get("answer") if self.scorer in ("math", "gsm8k", "choice") else msgs[last]["content"]
-            if gold is None:
-                raise DataError(f"task {self.name}: item {i} of {source or self.source} has no reference answer")
-            meta = {k: v for k, v in (conv.get("meta") or {}).items() if isinstance(v, (str, int, float))}
-            ident = str(meta.get("unique_id") or meta.get("id") or i)
-            out.append(Item(ident, msgs[:last], str(gold), meta))
+            out.append(to_item(conv, i, self.scorer, where=f"task {self.name}: item {i} of {source or self.source}"))
         return out
+
+
+def to_item(conv: dict[str, Any], index: int, scorer: str, where: str = "") -> Item:
+    """A prepared conversation -> the prompt (everything before the last reply) and the reference:
+    the exact answer for graded tasks, the last reply itself for generation metrics."""
+    msgs = conv["messages"]
+    last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
+    gold = conv.get("answer") if scorer in ("math", "gsm8k", "choice") else msgs[last]["content"]
+    if gold is None:
+        raise DataError(f"{where}: no reference answer")
+    meta = {k: v for k, v in (conv.get("meta") or {}).items() if isinstance(v, (str, int, float))}
+    return Item(str(meta.get("unique_id") or meta.get("id") or index), msgs[:last], str(gold), meta)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [

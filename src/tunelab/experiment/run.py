@@ -23,13 +23,13 @@ BASE = "base"
 
 
 def _task_items(exp: Experiment, task_name: str, loaded: Any) -> tuple[Any, list]:
-    from ..evaluate.tasks import Item, Task, get_task
+    from ..evaluate.tasks import Task, get_task, to_item
 
     ev = exp.evaluation
     if task_name != "heldout":
         task = get_task(task_name)
         return task, task.items(limit=ev.limit, system_prompt=loaded.system_prompt,
-                                instruction=loaded.instruction if loaded.instruction not in (None, "auto") else None)
+                                instruction=loaded.task_instruction)
     from ..data.prepare import heldout_conversations
 
     cfg = next(iter(exp.variants.values()))
@@ -37,13 +37,7 @@ def _task_items(exp: Experiment, task_name: str, loaded: Any) -> tuple[Any, list
     has_answers = all(c.get("answer") is not None for c in convs)
     task = Task("heldout", cfg.data.name, f"held-out split of {cfg.data.name}",
                 scorer="math" if has_answers else "rouge_zh")
-    items = []
-    for i, c in enumerate(convs):
-        msgs = c["messages"]
-        last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
-        meta = {k: v for k, v in (c.get("meta") or {}).items() if isinstance(v, (str, int, float))}
-        items.append(Item(str(meta.get("unique_id") or meta.get("id") or i), msgs[:last],
-                          str(c["answer"]) if has_answers else msgs[last]["content"], meta))
+    items = [to_item(c, i, task.scorer, where=f"held-out item {i}") for i, c in enumerate(convs)]
     return task, items
 
 

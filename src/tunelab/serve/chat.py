@@ -1,0 +1,169 @@
+"""`tunelab chat`: multi-turn chat with a model or a run directory in the terminal, replies streamed.
+
+    tunelab chat runs/quickstart [--system TEXT] [--max-new-tokens N] [--temperature T]
+    printf 'What is 2+3?\\nAnd times 4?\\n' | tunelab chat runs/quickstart    # scripted: replies only
+
+Commands: `/reset` (forget the conversation, keep the system prompt), `/system TEXT` (set it; `/system`
+alone removes it), `/save FILE` (the conversation as JSON `{"messages": [...]}`, loadable as tunelab
+data), `/exit`. A line starting with `//` is sent as a message without its first slash.
+
+The prompt of every turn is the whole conversation rendered by the training renderer with the
+template saved with the model (`Loaded(...).renderer.render_prompt`), and generation stops at the
+template's end-of-turn token: the model is asked exactly as it was trained and evaluated. A run
+trained with a system prompt gets it by default. Greedy by default (as `tunelab eval`).
+
+When stdin is not a terminal, each non-empty line is one user turn (or a command) and stdout holds only
+the replies, one after each turn, so it can be scripted and tested; messages go to stderr.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+COMMANDS = ("/reset", "/system", "/save", "/exit")
+HELP = "commands: /reset, /system TEXT, /save FILE, /exit (start a message with // to send a leading slash)"
+
+
+class ChatSession:
+    """The conversation and what a turn does with it; no terminal code, so tests can drive it."""
+
+    def __init__(self, loaded: Any, engine: Any, sampling: Any, system: str | None = None):
+        self.loaded, self.engine, self.sampling = loaded, engine, sampling
+        self.system = system
+        self.turns: list[dict[str, str]] = []
+        self.context = getattr(loaded.model.config, "max_position_embeddings", None)
+
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    def reply(self, text: str, on_delta: Callable[[str], None] = lambda d: None) -> str:
+        """One turn: the user's text in, the reply streamed through `on_delta` and returned.
+
+        Interrupted (Ctrl-C) or refused turns leave the conversation as it was."""
+        msgs = self.messages() + [{"role": "user", "content": text}]
+        prompt = self.loaded.renderer.render_prompt(msgs)
+        if self.context and len(prompt) + self.sampling.max_new_tokens > self.context:
+            raise ValueError(f"the conversation is {len(prompt)} tokens and a reply may take "
+                             f"{self.sampling.max_new_tokens}: more than the model's context of {self.context}; "
+                             "/reset to start again")
+        final = None
+        for ev in self.engine.stream(prompt, self.sampling):
+            if ev.delta:
+                on_delta(ev.delta)
+            if ev.done:
+                final = ev
+        assert final is not None
+        self.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": final.text}]
+        return final.text
+
+    def command(self, line: str) -> str | None:
+        """Run a command line; return a message for the user, or None to stop chatting."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        if name == "/exit":
+            return None
+        if name == "/reset":
+            self.turns = []
+            return "conversation reset" + (" (system prompt kept)" if self.system else "")
+        if name == "/system":
+            self.system = arg or None
+            return f"system prompt set: {arg}" if arg else "system prompt removed"
+        if name == "/save":
+            if not arg:
+                return "usage: /save FILE"
+            path = Path(arg).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"messages": self.messages()}, ensure_ascii=False, indent=2) + "\n",
+                                encoding="utf-8")
+            except OSError as e:
+                return f"could not save to {path}: {e.strerror}"
+            return f"saved {len(self.messages())} messages to {path}"
+        return f"unknown command '{name}'; {HELP}"
+
+
+def is_command(line: str) -> bool:
+    return line.startswith("/") and not line.startswith("//")
+
+
+def run_piped(session: ChatSession, lines: TextIO, out: TextIO, err: TextIO) -> int:
+    for raw in lines:
+        line = raw.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        if is_command(line):
+            msg = session.command(line)
+            if msg is None:
+                return 0
+            print(msg, file=err, flush=True)
+            continue
+        try:
+            session.reply(line[1:] if line.startswith("//") else line, lambda d: print(d, end="", file=out, flush=True))
+        except ValueError as e:
+            print(f"tunelab chat: {e}", file=err, flush=True)
+        print(file=out, flush=True)  # one reply per turn, each ending with a newline
+    return 0
+
+
+def run_terminal(session: ChatSession, banner: str) -> int:
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    print(banner)
+    print(HELP)
+    while True:
+        try:
+            line = input("\n> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        if not line.strip():
+            continue
+        if is_command(line):
+            msg = session.command(line)
+            if msg is None:
+                return 0
+            print(msg)
+            continue
+        try:
+            session.reply(line[1:] if line.startswith("//") else line, lambda d: print(d, end="", flush=True))
+            print()
+        except KeyboardInterrupt:  # the engine stops generating at its next step; the turn is dropped
+            print("\n[interrupted; this turn is not kept]")
+        except ValueError as e:
+            print(f"\n{e}")
+
+
+def chat_command(args: Any) -> int:
+    from ..evaluate.runner import Loaded
+    from .engine import Engine, Sampling, pick_device
+
+    if args.max_new_tokens < 1:
+        from .errors import ServeError
+
+        raise ServeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    interactive = sys.stdin.isatty()
+    # piped: stdout carries replies only, so anything printed while loading goes to stderr
+    with contextlib.redirect_stdout(sys.stdout if interactive else sys.stderr):
+        loaded = Loaded(args.model, device=pick_device(args.device))
+    engine = Engine.for_loaded(loaded)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed)
+    system = args.system if args.system is not None else loaded.system_prompt
+    session = ChatSession(loaded, engine, sampling, system=system or None)
+    try:
+        if not interactive:
+            return run_piped(session, sys.stdin, sys.stdout, sys.stderr)
+        mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature}, top_p {args.top_p}"
+        banner = (f"tunelab chat: {args.model} (template {loaded.renderer.template}, stops at "
+                  f"{loaded.renderer.eot or 'eos'}, {mode}, up to {args.max_new_tokens} tokens a reply)"
+                  + (f"\nsystem: {system}" if system else ""))
+        return run_terminal(session, banner)
+    finally:
+        engine.close()

@@ -1,0 +1,86 @@
+"""`tunelab chat` with piped input, as a real process: replies equal `tunelab eval`'s for the whole
+conversation so far, the commands (/system, /save, /reset, //, unknown, /exit), and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.serve.conftest import env
+from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
+from tunelab.evaluate.runner import Loaded
+
+
+def chat(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunelab", "chat", *args], input=stdin, capture_output=True,
+                          text=True, env=env(), cwd=REPO, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def evaluated(random_qwen):
+    loaded = Loaded(random_qwen)
+    gen = Generator(loaded.model, loaded.tokenizer, stop_token_ids(loaded.tokenizer, loaded.renderer.eot))
+
+    def answer(messages, **settings):
+        prompt = loaded.renderer.render_prompt(messages)
+        return gen.generate([prompt], GenerationSettings(batch_size=1, **settings), progress=False)[(0, 0)][0]
+
+    return answer
+
+
+def test_piped_multi_turn_chat_with_commands(random_qwen, evaluated, tmp_path):
+    saved = tmp_path / "sub" / "chat.json"
+    script = ["hi", "/system Be brief.", "What is 2+3?", f"/save {saved}", "/rest", "/reset", "", "//hi",
+              "/exit", "never sent"]
+    r = chat(random_qwen, "--max-new-tokens", "6", stdin="\n".join(script) + "\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # the expected replies, from eval's Generator, each on the whole conversation so far
+    sys_msg = {"role": "system", "content": "Be brief."}
+    one = evaluated([{"role": "user", "content": "hi"}], max_new_tokens=6)
+    conv = [sys_msg, {"role": "user", "content": "hi"}, {"role": "assistant", "content": one},
+            {"role": "user", "content": "What is 2+3?"}]
+    two = evaluated(conv, max_new_tokens=6)
+    three = evaluated([sys_msg, {"role": "user", "content": "/hi"}], max_new_tokens=6)  # after /reset
+    assert one and two and three and len({one, two, three}) == 3
+    assert r.stdout == f"{one}\n{two}\n{three}\n"  # replies only, one per turn
+    assert json.loads(saved.read_text()) == {"messages": conv + [{"role": "assistant", "content": two}]}
+    assert "unknown command '/rest'" in r.stderr and "conversation reset (system prompt kept)" in r.stderr
+    assert f"saved 5 messages to {saved}" in r.stderr
+
+
+def test_system_option_and_sampling_flags(random_qwen, evaluated):
+    r = chat(random_qwen, "--system", "You are terse.", "--max-new-tokens", "5", "--temperature", "1.0",
+             "--seed", "7", stdin="hi\n")
+    expected = evaluated([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"}],
+                         max_new_tokens=5, temperature=1.0, seed=7)
+    assert r.returncode == 0 and r.stdout == expected + "\n"
+
+
+def test_bad_input_exits_2(random_qwen):
+    r = chat("no-such-model", stdin="hi\n")
+    assert r.returncode == 2 and "model 'no-such-model' not found" in r.stderr and r.stdout == ""
+    r = chat(random_qwen, "--max-new-tokens", "0", stdin="hi\n")
+    assert r.returncode == 2 and "--max-new-tokens must be at least 1" in r.stderr
+
+
+def test_a_turn_that_would_overflow_the_context_is_refused(random_qwen, tmp_path):
+    saved = tmp_path / "chat.json"
+    r = chat(random_qwen, "--max-new-tokens", "300", stdin="word " * 250 + f"\n/save {saved}\n")
+    # 512-token context: the turn is refused and not kept; its reply line stays, empty, so lines still
+    # match turns for a script reading stdout
+    assert r.returncode == 0 and "more than the model's context of 512" in r.stderr
+    assert r.stdout == "\n" and json.loads(saved.read_text()) == {"messages": []}
+
+
+def test_help_lists_the_commands_without_importing_torch():
+    code = ("import sys\nfrom tunelab.cli import main\nfor a in (['--help'], ['chat', '--help'], ['serve', '--help'],"
+            " ['export', '--help']):\n    try:\n        main(a)\n    except SystemExit:\n        pass\n"
+            "print('HEAVY', [m for m in ('torch', 'fastapi', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True).stdout
+    assert "HEAVY []" in out
+    for text in ("chat", "OpenAI-compatible HTTP server", "merge a LoRA/DoRA adapter", "--api-key",
+                 "--max-input-tokens", "--max-tokens-limit", "--system", "--dtype", "--overwrite"):
+        assert text in out

@@ -1,0 +1,124 @@
+"""The shared generation engine: the reply text rules (held-back tails, stop strings, stripping), and
+engine == `tunelab eval`'s Generator (greedy and seeded sampling), queued concurrent jobs, errors."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
+from tunelab.evaluate.runner import Loaded
+from tunelab.serve.engine import Engine, ReplyText, Sampling
+
+
+class ByteTok:
+    """A tokenizer whose tokens are byte strings: decoding a prefix can end inside a UTF-8 character."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def feed(pieces: list[bytes], stop: tuple[str, ...] = ()) -> tuple[list[str], ReplyText]:
+    r = ReplyText(ByteTok(pieces), stop)
+    deltas = []
+    for i in range(len(pieces)):
+        deltas.append(r.push(i))
+        if r.stopped:
+            break
+    deltas.append(r.rest())
+    return deltas, r
+
+
+def test_reply_text_holds_back_whitespace_and_partial_characters():
+    deltas, r = feed([b"\n\n", b" Hi", b" ", b"\xe4\xbd", b"\xa0", b"\xe5", b"\xa5\xbd", b"!\n"])
+    assert deltas == ["", "Hi", "", "", " 你", "", "好", "!", ""]
+    assert "".join(deltas) == r.final() == "Hi 你好!" and not r.stopped
+
+
+def test_reply_text_cuts_at_the_first_stop_string_even_across_tokens():
+    deltas, r = feed([b"The answer", b" is 4", b".\nUs", b"er: more"], stop=("User:", "zzz"))
+    # "Us" could start "User:": held back until the next token shows it does
+    assert deltas == ["The answer", " is 4", ".", "", ""]
+    assert r.stopped and r.final() == "The answer is 4." == "".join(deltas)
+    deltas, r = feed([b"a b", b"c d"], stop=("d", "b"))  # the earliest occurrence wins
+    assert r.final() == "a" and "".join(deltas) == "a"
+    deltas, r = feed([b"x a", b"b"], stop=("ab",))  # text before a stop string is stripped too
+    assert r.final() == "x" == "".join(deltas)
+
+
+@pytest.fixture(scope="module")
+def rq(random_qwen):
+    loaded = Loaded(random_qwen)
+    engine = Engine.for_loaded(loaded)
+    gen = Generator(loaded.model, loaded.tokenizer, stop_token_ids(loaded.tokenizer, loaded.renderer.eot))
+    yield loaded, engine, gen
+    engine.close()
+
+
+QUESTIONS = ["hi", "What is 2+3?", "Tell me a story about a cat.", "你好"]
+
+
+def test_engine_equals_eval_generator_greedy_and_sampled(rq):
+    loaded, engine, gen = rq
+    prompts = [loaded.renderer.render_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    greedy = gen.generate(prompts, GenerationSettings(max_new_tokens=8, batch_size=1), progress=False)
+    sampled = gen.generate(prompts, GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=11,
+                                                       batch_size=1), progress=False)
+    for i, p in enumerate(prompts):
+        ev = engine.complete(p, Sampling(max_new_tokens=8))
+        assert (ev.text, ev.completion_tokens) == greedy[(i, 0)] and ev.text  # non-empty, same tokens
+        assert ev.prompt_tokens == len(p) and ev.finish_reason == "length"
+        deltas = [e.delta for e in engine.stream(p, Sampling(max_new_tokens=8))]
+        assert "".join(deltas) == ev.text and len([d for d in deltas if d]) > 1  # really streamed
+        s = engine.complete(p, Sampling(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=11))
+        assert (s.text, s.completion_tokens) == sampled[(i, 0)]
+    assert len({greedy[(i, 0)][0] for i in range(len(prompts))}) == len(prompts)
+
+
+def test_stop_string_ends_generation_early(rq):
+    loaded, engine, _ = rq
+    p = loaded.renderer.render_prompt([{"role": "user", "content": "hi"}])
+    full = engine.complete(p, Sampling(max_new_tokens=8))
+    word = full.text.split()[2]  # a word in the middle of the reply
+    ev = engine.complete(p, Sampling(max_new_tokens=8, stop=(word,)))
+    assert ev.finish_reason == "stop" and ev.text == full.text[: full.text.index(word)].rstrip()
+    assert ev.completion_tokens < full.completion_tokens
+
+
+def test_concurrent_jobs_are_queued_and_never_mix(rq):
+    loaded, engine, _ = rq
+    prompts = [loaded.renderer.render_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+    alone = [engine.complete(p, Sampling(max_new_tokens=8)).text for p in prompts]
+    results: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        results[i] = "".join(e.delta for e in engine.stream(prompts[i % 4], Sampling(max_new_tokens=8)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(8)] == alone + alone
+
+
+def test_a_failed_job_raises_for_its_caller_and_the_worker_lives_on(rq):
+    loaded, engine, _ = rq
+    with pytest.raises(IndexError):
+        engine.complete([10**7], Sampling(max_new_tokens=2))  # a token id beyond the embedding
+    p = loaded.renderer.render_prompt([{"role": "user", "content": "hi"}])
+    assert engine.complete(p, Sampling(max_new_tokens=2)).completion_tokens == 2
+
+
+def test_cancel_from_another_thread_stops_the_generation(rq):
+    loaded, engine, _ = rq
+    p = loaded.renderer.render_prompt([{"role": "user", "content": "hi"}])
+    cancel = threading.Event()
+    events = engine.stream(p, Sampling(max_new_tokens=400), cancel)
+    assert next(events).delta  # generating
+    cancel.set()  # what the server does when a client disconnects
+    last = list(events)[-1]
+    assert last.done and last.completion_tokens < 40  # stopped within a few steps, not after 400
