@@ -10,11 +10,16 @@ raises one message naming what was looked for, where, and how to get it.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .builtin import BUILTINS, ModelNotFoundError, ensure
+
+# bitsandbytes (imported by peft) warns on every start on CPUs with AVX512-BF16 that it could not fetch an
+# optional kernel from the hub (`kernels` package); its fallback works and this workplace has no hub access.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@
 
 LoRA/DoRA runs: the adapter is merged into the base weights (`merge_and_unload`, in fp32, then cast).
 Full/freeze runs: the model is copied (cast when `--dtype` asks). QLoRA runs: the base is loaded
-unquantized, in fp32, from the original base reference and the adapter merged into it; the adapter
-was trained against the 4-bit base, so the export is close to, not identical with, the QLoRA model.
+in 4 bits as in training, dequantized to fp32, and the adapter merged into it, so the export computes
+what the trained QLoRA model computed (not the original base plus the adapter).
 
 The output holds safetensors weights, the tokenizer with the chat template used in training, a
 generation config whose eos is the template's end-of-turn token (then the tokenizer's eos), the run's
@@ -80,17 +80,29 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
         if not base_ref:
             raise ServeError(f"{model_dir}: neither tunelab.json nor adapter_config.json names the base model")
         base_ref = str(base_ref)
-        # fp32 and never quantized: the merge adds B@A (times its scale) to each weight, and doing that in
-        # low precision, or into 4-bit weights, would lose the small update the adapter learned
-        base = load_model(base_ref, dtype="float32")
+        # The merge adds B@A (times its scale) to each weight in fp32: in low precision, or into 4-bit
+        # weights, it would lose the small update the adapter learned.
+        if quant:
+            # QLoRA: the adapter learned a correction to the 4-bit weights, so it is merged into those
+            # weights dequantized (exactly what the trained model computed with), not into the original
+            # full-precision base, which differs from them by the quantization error. Dequantize at once
+            # after loading: bitsandbytes repacks 4-bit weights for its CPU kernel on the first inference
+            # forward, and `dequantize` reads repacked weights wrongly (bitsandbytes 0.50).
+            from transformers import BitsAndBytesConfig
+
+            base = load_model(base_ref, dtype="float32", quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
+                bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=torch.float32))
+            base = base.dequantize().float()
+        else:
+            base = load_model(base_ref, dtype="float32")
         model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
         base_dir = resolve(base_ref)
         saved = _saved_dtype(Path(base_dir.path)) if base_dir.kind != "hub" else "float32"
         how = f"{meta.get('method', 'adapter')} adapter merged into '{base_ref}'"
         if quant:
-            how += (f" (QLoRA: base loaded unquantized in float32 and the adapter merged into it; the adapter was "
-                    f"trained on the {quant.get('quant_type', '4-bit')} quantized base, so the export is close to, "
-                    "not identical with, the QLoRA model)")
+            how += (f" (QLoRA: the {quant.get('quant_type', '4-bit')} base dequantized to float32, then the adapter "
+                    "merged into it: the export computes what the trained QLoRA model computed)")
     else:
         model = load_model(str(model_dir), dtype="float32")
         saved = _saved_dtype(model_dir)
