@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="samples per prompt (pass@k)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="rollouts with transformers (default) or vLLM (CUDA, `pip install vllm`)")
     p.add_argument("--template", help="override the chat template (warns if it differs from the trained one)")
     p.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--export-review", help="CSV with prompts, answers, gold and empty human-score columns")

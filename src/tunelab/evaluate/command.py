@@ -40,7 +40,10 @@ def eval_command(args: Any) -> int:
         raise DataError(f"--export-review needs a generation task, not '{task.name}'")
     all_results = {}
     for ref in args.model:
-        loaded = Loaded(ref, template=args.template, enable_thinking=args.enable_thinking)
+        if getattr(args, "backend", "hf") == "vllm" and task.kind != "generate":
+            raise DataError(f"--backend vllm is for rollouts; task '{task.name}' runs with transformers")
+        loaded = Loaded(ref, template=args.template, enable_thinking=args.enable_thinking,
+                        backend=getattr(args, "backend", "hf"))
         target = out / slug(ref) if len(args.model) > 1 else out
         if task.kind == "perplexity":
             res = _perplexity(loaded, task, args, target)

@@ -31,7 +31,7 @@ class Loaded:
     """A model with the tokenizer, renderer and prompt settings it was trained with."""
 
     def __init__(self, ref: str, *, template: str | None = None, enable_thinking: bool | None = None,
-                 device: str | None = None, dtype: str = "auto"):
+                 device: str | None = None, dtype: str = "auto", backend: str = "hf"):
         from ..data.render import build_renderer
         from ..models.load import load_model, load_tokenizer, resolve, run_metadata
 
@@ -57,6 +57,18 @@ class Loaded:
         self.renderer = build_renderer(self.tokenizer, template=template or "auto", enable_thinking=think)
         self.system_prompt = self.train_cfg.data.system_prompt if self.train_cfg else None
         self.instruction = self.train_cfg.data.instruction if self.train_cfg else None
+        self.backend, self.meta, self.path, self.dtype = backend, meta, Path(r.path), dtype
+        if backend == "vllm":  # vLLM loads the weights itself; check it can before anything else
+            from .vllm_backend import check_available, engine_args
+
+            check_available()
+            engine_args(self.path, meta)  # refuses DoRA/QLoRA adapters with the way out
+            self.model = None
+            return
+        if backend != "hf":
+            from ..data.conversation import DataError
+
+            raise DataError(f"--backend '{backend}' is not one of hf, vllm")
         self.model = load_model(r, dtype=dtype).eval()
         if hasattr(self.model, "merge_and_unload") and not meta.get("quantization"):
             # LoRA/DoRA folded into the weights: the same function, without the adapter's extra
@@ -65,13 +77,25 @@ class Loaded:
         if device:
             self.model.to(device)
 
+    def generator(self) -> Any:
+        """The rollout engine: transformers' batched `generate`, or vLLM's."""
+        from .generate import Generator, stop_token_ids
+
+        stops = stop_token_ids(self.tokenizer, self.renderer.eot)
+        if self.backend == "vllm":
+            from .vllm_backend import VllmGenerator
+
+            return VllmGenerator(self.path, self.meta, self.tokenizer, stops, dtype=self.dtype)
+        return Generator(self.model, self.tokenizer, stops)
+
     @property
     def task_instruction(self) -> str | None:
         """The math instruction the model was trained with, to ask it the same way (None: task default)."""
         return self.instruction if self.instruction not in (None, "auto") else None
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.ref, "template": self.renderer.template, "end_of_turn": self.renderer.eot,
+        return {"model": self.ref, "backend": self.backend, "template": self.renderer.template,
+                "end_of_turn": self.renderer.eot,
                 "enable_thinking": self.renderer.template_kwargs.get("enable_thinking"),
                 "system_prompt": self.system_prompt}
 
@@ -145,8 +169,6 @@ def aggregate(task: Task, rows: list[dict[str, Any]], n_samples: int) -> dict[st
 
 def evaluate_model(loaded: Loaded, task: Task, items: list[Item], out: Path, settings: GenerationSettings,
                    export_review: Path | None = None) -> dict[str, Any]:
-    from .generate import Generator, stop_token_ids
-
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
     rows = _read_rows(pred_path)
@@ -156,7 +178,7 @@ def evaluate_model(loaded: Loaded, task: Task, items: list[Item], out: Path, set
         print(f"[tunelab] {loaded.ref}: {len(done)} predictions already in {pred_path}; continuing", flush=True)
     prompts = [loaded.renderer.render_prompt(it.messages) for it in items]
     texts = [loaded.renderer.prompt_text(it.messages) for it in items]
-    gen = Generator(loaded.model, loaded.tokenizer, stop_token_ids(loaded.tokenizer, loaded.renderer.eot))
+    gen = loaded.generator()
     t0 = time.perf_counter()
     new_tokens = 0
 
