@@ -1,6 +1,6 @@
 """Data-preparation benchmark: `tunelab prepare` (cold and cached) against TRL's SFTTrainer preparation.
 
-    .venv/bin/python bench/prepare.py                      # GSM8K train (7473) and alpaca_zh_demo (1000), ~6 min
+    .venv/bin/python bench/prepare.py                      # GSM8K train (7473) and alpaca_zh_demo (1000), ~9 min
     .venv/bin/python bench/prepare.py --tiny --out /tmp/b  # seconds-scale smoke run (200 GSM8K rows), used by the test
 
 What is measured, per data set and runner: the seconds to turn the data set into token ids and loss

@@ -1,6 +1,6 @@
 """Rollout benchmark: tunelab's batched eval generation against one `generate` call per question.
 
-    .venv/bin/python bench/rollout.py                         # CPU: SmolLM2-135M-Instruct, 64 GSM8K questions, ~15 min
+    .venv/bin/python bench/rollout.py                         # CPU: SmolLM2-135M-Instruct, 64 GSM8K questions, ~12 min
     .venv/bin/python bench/rollout.py --batch-sizes 16,32,64  # also try larger eval batches (~2 min more each)
     .venv/bin/python bench/rollout.py --tiny --out /tmp/b     # seconds-scale smoke run (tiny-qwen3), used by the test
 

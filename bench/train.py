@@ -1,6 +1,6 @@
 """Training benchmark: tunelab against TRL's SFTTrainer and the padded-to-512 Trainer recipe.
 
-    .venv/bin/python bench/train.py                      # CPU: SmolLM2-135M-Instruct, LoRA and full, ~25 min
+    .venv/bin/python bench/train.py                      # CPU: SmolLM2-135M-Instruct, LoRA and full, ~28 min
     .venv/bin/python bench/train.py --tiny --out /tmp/b  # seconds-scale smoke run (tiny-qwen3), used by the test
     .venv/bin/python bench/train.py --gpu                # CUDA: random Qwen3-0.6B, bf16, length 2048, with MFU
 
