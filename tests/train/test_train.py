@@ -162,6 +162,17 @@ def test_metrics_summary_and_falling_loss(tmp_path):
     assert list((run / "tensorboard").iterdir())
 
 
+def test_no_validation_split(tmp_path):
+    """data.val_size=0: every example trains, validation is skipped (datasets cannot reload an empty
+    saved split, so the loader builds it in memory)."""
+    summary = train(cfg(tmp_path, "run", "data.val_size=0", "training.eval_every=1"))
+    run = tmp_path / "run"
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert stats["examples_out"] == {"train": 40, "validation": 0}
+    assert summary["final_val_loss"] is None and summary["steps"] == 3
+    assert losses(run, "val") == [] and len(losses(run)) == 3 and (run / "model" / "tunelab.json").exists()
+
+
 def test_nan_loss_stops_with_the_step(tmp_path):
     over = ["optimizer.lr=1e30", "training.max_steps=5", "training.save_every=1"]
     with pytest.raises(TrainingDiverged, match=r"at step \d; training stopped. Last good checkpoint: .*step-00000\d"):

@@ -38,6 +38,16 @@ class Prepared:
     stats: dict[str, Any]
     cached: bool
 
+    def load(self, split: str) -> Any:
+        """One split as a `datasets.Dataset` (plain Python lists). An empty split (data.val_size=0) is
+        built in memory: datasets 5.2 saves a zero-row dataset but cannot load it back."""
+        from datasets import Dataset, Features, Sequence, Value, load_from_disk
+
+        if self.stats.get("examples_out", {}).get(split) == 0:
+            ids = Sequence(Value("int64"))
+            return Dataset.from_dict({"input_ids": [], "labels": []}, features=Features(input_ids=ids, labels=ids))
+        return load_from_disk(str(self.path / split)).with_format(None)
+
 
 def _tokenizer_key(tok: Any) -> str:
     backend = getattr(tok, "backend_tokenizer", None)

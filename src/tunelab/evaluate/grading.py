@@ -104,7 +104,9 @@ _ZH_RESULT_RE = re.compile(r"=\s*(" + _NUMBER + r")\s*[（(]\s*[\u4e00-\u9fff]{1
 def extract_chinese_answer(text: str) -> str | None:
     """The number in the last Chinese answer sentence ("答：", "答案是", "答案为") or "=N（unit）"."""
     candidates = [(m.start(), m.group(1)) for m in _ZH_RESULT_RE.finditer(text)][-1:]
-    for m in reversed(list(_ZH_MARKER_RE.finditer(text))):
+    # The answer is in one of the last answer sentences; looking at the last 50 markers at most keeps a
+    # pathological input ("答：" repeated 100,000 times, no number) linear instead of 100,000 searches.
+    for m in reversed(list(_ZH_MARKER_RE.finditer(text))[-50:]):
         # An answer sentence is short: reading at most 300 characters keeps huge inputs linear.
         limit = min(len(text), m.end() + 300)
         end = _ZH_SENTENCE_END_RE.search(text, m.end(), limit)

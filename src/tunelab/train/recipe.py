@@ -77,8 +77,6 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
 
     import torch
     from accelerate import Accelerator
-    from datasets import load_from_disk
-
     from ..data.batching import step_plan
     from ..data.prepare import prepare_from_config
     from ..models.load import load_model, load_tokenizer, torch_dtype
@@ -104,8 +102,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                                revision=cfg.model.revision)
     with accelerator.main_process_first():
         prepared, tokenizer = prepare_from_config(cfg, tokenizer=tokenizer)
-    train_ds = load_from_disk(str(prepared.path / "train")).with_format(None)
-    val_ds = load_from_disk(str(prepared.path / "validation")).with_format(None)
+    train_ds, val_ds = prepared.load("train"), prepared.load("validation")
 
     load_kwargs: dict[str, Any] = {}
     compute = None
