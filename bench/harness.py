@@ -7,6 +7,7 @@ A child run prints exactly one line `BENCH_RESULT {json}` on stdout; everything 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -67,6 +68,23 @@ def peak_rss_mb() -> float:
     """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser every script starts from: its docstring's first paragraph, `--out`, and the hidden
+    `--child` through which the parent hands a run to a fresh interpreter."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default=str(RESULTS), help="directory for the results file (default bench/results)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def fill_defaults(args: argparse.Namespace, preset: dict[str, Any]) -> argparse.Namespace:
+    """Options left unset (None) take the preset's value (the full run's, or --tiny's)."""
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def emit(result: dict[str, Any]) -> None:

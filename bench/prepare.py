@@ -62,21 +62,15 @@ TOKENIZER = "tiny-qwen3"  # the Qwen3 tokenizer and chat template
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = harness.arg_parser(__doc__)
     p.add_argument("--sources", default=None, help="built-in data sets, comma-separated (default gsm8k,alpaca_zh_demo)")
     p.add_argument("--limit", type=int, default=None, help="first N rows of each (default: all)")
     p.add_argument("--num-procs", default=None, help="tunelab num_proc values, 0 = its default (default 0,2)")
     p.add_argument("--trl-num-procs", default=None, help="TRL dataset_num_proc values, 1 = its default (default 1,2)")
     p.add_argument("--repeats", type=int, default=None, help="alternating repeats, median reported (default 3)")
-    p.add_argument("--out", default=str(harness.RESULTS))
     p.add_argument("--tiny", action="store_true", help="200 GSM8K rows, one tunelab and one TRL setting (smoke test)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    preset = TINY if args.tiny else DEFAULTS
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return harness.fill_defaults(args, TINY if args.tiny else DEFAULTS)
 
 
 def digest(pairs: list[tuple[list[int], list[int]]]) -> str:
@@ -94,8 +88,6 @@ def summary(pairs: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
 # -- children -------------------------------------------------------------------------------------
 
 def run_tunelab(s: dict[str, Any]) -> dict[str, Any]:
-    from datasets import load_from_disk
-
     from tunelab.data.prepare import prepare
     from tunelab.models.load import load_tokenizer
 
@@ -105,7 +97,7 @@ def run_tunelab(s: dict[str, Any]) -> dict[str, Any]:
                        num_proc=s["num_proc"])
     seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
-    splits = [load_from_disk(str(prepared.path / name)) for name in ("train", "validation")]
+    splits = [prepared.load(name) for name in ("train", "validation")]
     load_s = time.perf_counter() - t1
     pairs = [(ids, lab) for ds in splits for ids, lab in zip(ds["input_ids"], ds["labels"])]
     return {"seconds": seconds, "load_s": load_s, "cached": prepared.cached, "dropped": prepared.stats["dropped"],

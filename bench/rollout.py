@@ -49,22 +49,16 @@ TINY = dict(model="tiny-qwen3", questions=4, max_new_tokens=8, repeats=1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = harness.arg_parser(__doc__)
     p.add_argument("--model", default=None, help="tunelab model reference (default smollm2-135m-instruct)")
     p.add_argument("--questions", type=int, default=None, help="first N GSM8K test questions (default 64)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="per answer, both runners (default 128)")
     p.add_argument("--batch-sizes", default=None, help="tunelab eval batch sizes, comma-separated (default: eval's 16)")
     p.add_argument("--repeats", type=int, default=None, help="alternating repeats, median reported (default 1)")
     p.add_argument("--agree-k", type=int, default=32, help="prefix length (tokens) for 'agree in the first K'")
-    p.add_argument("--out", default=str(harness.RESULTS))
     p.add_argument("--tiny", action="store_true", help="tiny-qwen3, 4 questions, 8 tokens (smoke test)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    preset = TINY if args.tiny else DEFAULTS
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
+    return harness.fill_defaults(args, TINY if args.tiny else DEFAULTS)
 
 
 # -- children -------------------------------------------------------------------------------------

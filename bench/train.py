@@ -91,7 +91,7 @@ CHILD_OVERHEAD_S = 25  # interpreter + imports + model load + saving, per child
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = harness.arg_parser(__doc__)
     p.add_argument("--model", default=None, help="tunelab model reference (default smollm2-135m-instruct; "
                    f"random-init names: {', '.join(RANDOM_ARCHS)})")
     p.add_argument("--examples", type=int, default=None, help="GSM8K train examples to load (default 64)")
@@ -105,11 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--runners", default=",".join(RUNNERS))
     p.add_argument("--no-packing", action="store_true", help="tunelab without packing (length-grouped padding)")
-    p.add_argument("--out", default=str(harness.RESULTS))
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--tiny", action="store_true", help="tiny-qwen3, 10 examples, 1 timed step, 1 repeat (smoke test)")
     p.add_argument("--gpu", action="store_true", help="CUDA preset: random Qwen3-0.6B, bf16, length 2048")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.tiny and a.gpu:
         p.error("--tiny and --gpu are different presets; pick one")
@@ -120,9 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.gpu:
         preset.update(model="qwen3-0.6b-random", examples=3000, steps=20, batch=2, grad_accum=4, max_length=2048,
                       repeats=3, device="cuda")
-    for key, value in preset.items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
+    harness.fill_defaults(a, preset)
     a.methods = [m for m in a.methods.split(",") if m]
     a.runners = [r for r in a.runners.split(",") if r]
     for name, got, known in (("--methods", a.methods, METHODS), ("--runners", a.runners, RUNNERS)):
@@ -180,11 +176,13 @@ def tunelab_config(s: dict[str, Any], run_dir: str | Path) -> Any:
 
 
 def peak_memory(device: str) -> tuple[float, str]:
+    """What `tunelab train` reports as peak memory (CPU: peak RSS; CUDA: max allocated), for every runner."""
     import torch
 
-    if device == "cuda":
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1), "cuda_max_memory_allocated"
-    return harness.peak_rss_mb(), "cpu_peak_rss"
+    from tunelab.train.metrics import peak_memory_mb
+
+    mb, kind = peak_memory_mb(torch.device(device))
+    return round(mb, 1), kind
 
 
 def cpu_times() -> tuple[float, float]:
@@ -207,18 +205,26 @@ def sync(device: str) -> None:
 # the plan: tunelab's own step plan, expressed as example indices of `workload.examples`
 
 
-def build_plan(s: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from datasets import load_from_disk
-
+def tunelab_steps(s: dict[str, Any]) -> tuple[Any, Any, list]:
+    """tunelab's tokenizer, prepared train split and epoch-0 step plan, exactly as fit() builds it on one
+    process (loop.py: seed + epoch, drop_last only when distributed)."""
     from tunelab.data.batching import step_plan
     from tunelab.data.prepare import prepare_from_config
     from tunelab.models.load import load_tokenizer
 
-    cfg = tunelab_config(s, "unused")
     tok = load_tokenizer(s["model_dir"])
-    prepared, _ = prepare_from_config(cfg, tokenizer=tok)
-    train = load_from_disk(str(prepared.path / "train")).with_format(None)
+    prepared, _ = prepare_from_config(tunelab_config(s, "unused"), tokenizer=tok)  # the method plays no part
+    train = prepared.load("train")
+    lengths = [len(x) for x in train["input_ids"]]
+    steps = step_plan(lengths, packing=s["packing"], max_length=s["max_length"], batch_size=s["batch"],
+                      grad_accum=s["grad_accum"], world_size=1, seed=s["seed"])
+    return tok, train, steps
+
+
+def build_plan(s: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    tok, train, steps = tunelab_steps(s)
     exs = workload.examples(tok, s["data"], s["examples"])
     where: dict[tuple, list[int]] = {}
     for i, e in enumerate(exs):
@@ -229,10 +235,6 @@ def build_plan(s: dict[str, Any]) -> dict[str, Any]:
         if not found or exs[found[0]]["labels"] != labels:
             raise SystemExit("tunelab's prepared data differs from workload.examples: the inputs are not identical")
         rows.append(found.pop(0))
-    lengths = [len(x) for x in train["input_ids"]]
-    # exactly fit()'s plan for epoch 0 on one process (loop.py: seed + epoch, drop_last only when distributed)
-    steps = step_plan(lengths, packing=s["packing"], max_length=s["max_length"], batch_size=s["batch"],
-                      grad_accum=s["grad_accum"], world_size=1, seed=s["seed"])
     need = s["steps"] + 1
     if len(steps) < need or any(len(st) != s["grad_accum"] for st in steps[:need]):
         per_step = len(exs) / max(1, len(steps))
@@ -252,23 +254,14 @@ def build_plan(s: dict[str, Any]) -> dict[str, Any]:
 def tunelab_first_loss(s: dict[str, Any], method: str) -> dict[str, Any]:
     """tunelab's loss on the first micro-batch its own plan yields, with its own loss module."""
     import torch
-    from datasets import load_from_disk
 
-    from tunelab.data.batching import step_plan
-    from tunelab.data.prepare import prepare_from_config
-    from tunelab.models.load import load_model, load_tokenizer
+    from tunelab.models.load import load_model
     from tunelab.train.loop import _collate
     from tunelab.train.loss import CausalLMLoss
     from tunelab.train.methods import apply_method
 
-    cfg = tunelab_config({**s, "method": method}, "unused")
-    tok = load_tokenizer(s["model_dir"])
-    prepared, _ = prepare_from_config(cfg, tokenizer=tok)
-    train = load_from_disk(str(prepared.path / "train")).with_format(None)
-    lengths = [len(x) for x in train["input_ids"]]
-    units = step_plan(lengths, packing=s["packing"], max_length=s["max_length"], batch_size=s["batch"],
-                      grad_accum=s["grad_accum"], seed=s["seed"])[0][0]
-    batch = _collate(train, units, packing=s["packing"], pad_id=tok.pad_token_id)
+    tok, train, steps = tunelab_steps(s)
+    batch = _collate(train, steps[0][0], packing=s["packing"], pad_id=tok.pad_token_id)
     torch.manual_seed(s["seed"])
     model = load_model(s["model_dir"], from_scratch=s["from_scratch"], seed=s["seed"])
     model = apply_method(model, method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"],

@@ -63,17 +63,20 @@ def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str) -> dic
     return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs]}
 
 
-def _column_stats(ds: Any) -> tuple[list[int], int]:
-    """Row lengths and the number of supervised labels, computed by Arrow on the columns: turning
-    every row into Python lists first took longer than rendering the ids on GSM8K."""
+# Statistics are computed by Arrow on the columns: turning every row into Python lists first took
+# longer than rendering the ids on GSM8K. `with_format("arrow")[:]` honours a select()'s indices.
+def _lengths(ds: Any) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_pylist() if len(ds) else []
+
+
+def _supervised(ds: Any) -> int:
     import pyarrow.compute as pc
 
     if not len(ds):
-        return [], 0
-    table = ds.with_format("arrow")[:]  # honours a select()'s indices mapping
-    lengths = pc.list_value_length(table["input_ids"]).to_pylist()
-    supervised = pc.sum(pc.not_equal(pc.list_flatten(table["labels"]), IGNORE_INDEX)).as_py() or 0
-    return lengths, int(supervised)
+        return 0
+    return int(pc.sum(pc.not_equal(pc.list_flatten(ds.with_format("arrow")[:]["labels"]), IGNORE_INDEX)).as_py() or 0)
 
 
 def _percentiles(values: list[int]) -> dict[str, float]:
@@ -99,7 +102,7 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
                 remove_columns=["messages", "text"], num_proc=procs if procs > 1 else None, desc=desc,
                 new_fingerprint=fingerprint)  # given, so datasets does not pickle the tokenizer to hash it
     drops: Counter = Counter()
-    lengths, _ = _column_stats(ds)
+    lengths = _lengths(ds)
     keep = []
     for i, n in enumerate(lengths):
         if n > max_length and overlong == "drop" and stage != "pt":
@@ -197,9 +200,8 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
 
 def _stats(source: str, tok: Any, renderer: Renderer, n_in: int, drops: Counter, splits: dict, seconds: float,
            key: str) -> dict[str, Any]:
-    per_split = [_column_stats(ds) for ds in splits.values()]
-    lengths = [n for ls, _ in per_split for n in ls]
-    supervised = sum(sup for _, sup in per_split)
+    lengths = [n for ds in splits.values() for n in _lengths(ds)]
+    supervised = sum(_supervised(ds) for ds in splits.values())
     return {
         "source": source,
         "tokenizer": getattr(tok, "name_or_path", ""),

@@ -22,7 +22,6 @@ def marked_example(input_ids: list[int], labels: list[int], tokenizer: Any) -> l
 
 
 def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
-    from datasets import load_from_disk
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -40,7 +39,7 @@ def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
     table.add_row("tokens per example", f"p50 {tl['p50']}, p90 {tl['p90']}, p99 {tl['p99']}, max {tl['max']}")
     table.add_row("template / end of turn", f"{s['template']} / {s['end_of_turn'] or '-'}")
     console.print(table)
-    ex = load_from_disk(str(Path(prepared.path) / "train"))[0]
+    ex = prepared.load("train")[0]
     console.print(f"example (supervised part between {OPEN} {CLOSE}, in green):")
     text = "".join(f"[green]{OPEN}{escape(t)}{CLOSE}[/green]" if sup else escape(t)
                    for t, sup in marked_example(ex["input_ids"], ex["labels"], tokenizer))

@@ -77,6 +77,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
 
     import torch
     from accelerate import Accelerator
+
     from ..data.batching import step_plan
     from ..data.prepare import prepare_from_config
     from ..models.load import load_model, load_tokenizer, torch_dtype
