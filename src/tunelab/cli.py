@@ -309,16 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from .config import ConfigError
-    from .data.conversation import DataError
-    from .models.builtin import ModelNotFoundError
-    from .paths import OutputExistsError
-    from .serve.errors import USER_ERRORS as SERVE_ERRORS
-    from .train.errors import USER_ERRORS
+    from .errors import UserError
 
     try:
         return args._commands[args.command](args)
-    except (ConfigError, DataError, ModelNotFoundError, OutputExistsError, *USER_ERRORS, *SERVE_ERRORS) as e:
+    except UserError as e:
         print(f"tunelab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

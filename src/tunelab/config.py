@@ -22,9 +22,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key."""
+from .errors import ConfigError
 
 
 @dataclass

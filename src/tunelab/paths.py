@@ -13,13 +13,11 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputExistsError
+
 
 def home() -> Path:
     return Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".cache" / "tunelab").expanduser()
-
-
-class OutputExistsError(FileExistsError):
-    pass
 
 
 def check_writable(out: Path, overwrite: bool) -> None:

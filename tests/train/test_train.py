@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 from tunelab import config as C
 from tunelab.paths import OutputExistsError
-from tunelab.train.errors import TrainingDiverged
+from tunelab.errors import TrainingDiverged
 from tunelab.train.recipe import train
 
 BASE = ["model.name=tiny-qwen3", "data.name=arith_en", "data.n=40", "data.max_length=256", "data.val_size=8",

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import DataError
+
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, line or key and what was expected."""
 
 
 def message(role: str, content: str) -> dict[str, str]:

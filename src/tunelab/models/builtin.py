@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ModelNotFoundError
 from ..paths import atomic_dir, dir_size, home
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def chat_command(args: Any) -> int:
     from .engine import Engine, Sampling, pick_device
 
     if args.max_new_tokens < 1:
-        from .errors import ServeError
+        from ..errors import ServeError
 
         raise ServeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     interactive = sys.stdin.isatty()

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.requests import Request  # module level: FastAPI resolves annotations in module globals
 
-from .errors import ServeError
+from ..errors import ServeError
 from .schema import ChatRequest
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

@@ -23,7 +23,7 @@ import torch
 from ..data.batching import collate_packed, collate_padded, step_plan
 from ..data.render import IGNORE_INDEX
 from . import checkpoint as ckpt
-from .errors import TrainingDiverged
+from ..errors import TrainingDiverged
 from .metrics import MetricsLogger, peak_memory_mb
 
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import MethodError  # defined there so the CLI can catch it without importing torch
+from ..errors import MethodError
 
 METHODS = ("full", "freeze", "lora", "lora_plus", "dora", "qlora")
 LORA_METHODS = ("lora", "lora_plus", "dora", "qlora")
