@@ -77,13 +77,13 @@ def cut(row: list[int], stop_ids: list[int], pad_id: int) -> list[int]:
 
 
 def run_tunelab(s: dict[str, Any]) -> dict[str, Any]:
-    from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
-    from tunelab.evaluate.runner import Loaded
+    from tunelab.evaluate.generate import GenerationSettings, Generator
+    from tunelab.models.loaded import Loaded
 
     loaded = Loaded(s["model"])  # load_model(..., dtype="auto") = fp32, as `tunelab eval`
     items = gsm8k_items(s["questions"], loaded.system_prompt, loaded.task_instruction)
     settings = GenerationSettings(max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"])
-    gen = Generator(loaded.model, loaded.tokenizer, stop_token_ids(loaded.tokenizer, loaded.renderer.eot))
+    gen = Generator(loaded.model, loaded.tokenizer, loaded.stop_ids)
     t0 = time.perf_counter()
     prompts = [loaded.renderer.render_prompt(it.messages) for it in items]
     out = gen.generate(prompts, settings, progress=False)
@@ -98,7 +98,7 @@ def run_naive(s: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from tunelab.data.render import build_renderer
-    from tunelab.evaluate.generate import stop_token_ids
+    from tunelab.models.generation import stop_token_ids
     from tunelab.models.load import load_model, load_tokenizer
 
     tok = load_tokenizer(s["model"])
@@ -152,10 +152,9 @@ def compare(model: str, a: list[str], b: list[str], k: int) -> dict[str, Any]:
 
 
 def accuracy(preds: list[str], golds: list[str]) -> float:
-    from tunelab.evaluate.runner import score_row
-    from tunelab.evaluate.tasks import TASKS
+    from tunelab.evaluate.scorers import get_scorer
 
-    return round(sum(bool(score_row(TASKS["gsm8k"], p, g)["correct"]) for p, g in zip(preds, golds)) / len(golds), 4)
+    return round(sum(bool(get_scorer("gsm8k").score(p, g)["correct"]) for p, g in zip(preds, golds)) / len(golds), 4)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,7 +179,7 @@ def peak_memory(device: str) -> tuple[float, str]:
     """What `tunelab train` reports as peak memory (CPU: peak RSS; CUDA: max allocated), for every runner."""
     import torch
 
-    from tunelab.train.metrics import peak_memory_mb
+    from tunelab.memory import peak_memory_mb
 
     mb, kind = peak_memory_mb(torch.device(device))
     return round(mb, 1), kind
@@ -208,17 +208,16 @@ def sync(device: str) -> None:
 def tunelab_steps(s: dict[str, Any]) -> tuple[Any, Any, list]:
     """tunelab's tokenizer, prepared train split and epoch-0 step plan, exactly as fit() builds it on one
     process (loop.py: seed + epoch, drop_last only when distributed)."""
-    from tunelab.data.batching import step_plan
     from tunelab.data.prepare import prepare_from_config
     from tunelab.models.load import load_tokenizer
+    from tunelab.train.loop import StepPlan
 
     tok = load_tokenizer(s["model_dir"])
-    prepared, _ = prepare_from_config(tunelab_config(s, "unused"), tokenizer=tok)  # the method plays no part
+    prepared = prepare_from_config(tunelab_config(s, "unused"), tok)  # the method plays no part
     train = prepared.load("train")
-    lengths = [len(x) for x in train["input_ids"]]
-    steps = step_plan(lengths, packing=s["packing"], max_length=s["max_length"], batch_size=s["batch"],
-                      grad_accum=s["grad_accum"], world_size=1, seed=s["seed"])
-    return tok, train, steps
+    plan = StepPlan([len(x) for x in train["input_ids"]], packing=s["packing"], max_length=s["max_length"],
+                    batch_size=s["batch"], grad_accum=s["grad_accum"], world_size=1, seed=s["seed"])
+    return tok, train, plan.epoch(0)
 
 
 def build_plan(s: dict[str, Any]) -> dict[str, Any]:
@@ -256,12 +255,12 @@ def tunelab_first_loss(s: dict[str, Any], method: str) -> dict[str, Any]:
     import torch
 
     from tunelab.models.load import load_model
-    from tunelab.train.loop import _collate
-    from tunelab.train.loss import CausalLMLoss
+    from tunelab.models.loss import CausalLMLoss
     from tunelab.train.methods import apply_method
+    from tunelab.train.objectives import build_objective
 
     tok, train, steps = tunelab_steps(s)
-    batch = _collate(train, steps[0][0], packing=s["packing"], pad_id=tok.pad_token_id)
+    batch = build_objective("sft", packing=s["packing"], pad_id=tok.pad_token_id).collate(train, steps[0][0])
     torch.manual_seed(s["seed"])
     model = load_model(s["model_dir"], from_scratch=s["from_scratch"], seed=s["seed"])
     model = apply_method(model, method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
@@ -279,14 +278,14 @@ def tunelab_time(s: dict[str, Any]) -> dict[str, Any]:
     total = s["steps"] + 1
     seen: dict[str, Any] = {"losses": []}
 
-    def clock(step: int, state: dict) -> None:
+    def clock(step: int, state: Any) -> None:
         sync(s["device"])
         now = time.perf_counter()
-        seen["losses"].append(state["last_train_loss"])
+        seen["losses"].append(state.last_train_loss)
         if step == 1:
-            seen.update(t0=now, cpu0=cpu_times(), sup0=state["supervised_tokens"])
+            seen.update(t0=now, cpu0=cpu_times(), sup0=state.supervised_tokens)
         if step == total:
-            seen.update(t1=now, cpu1=cpu_times(), sup1=state["supervised_tokens"], peak=peak_memory(s["device"]))
+            seen.update(t1=now, cpu1=cpu_times(), sup1=state.supervised_tokens, peak=peak_memory(s["device"]))
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:

@@ -48,5 +48,7 @@ def examples(tokenizer: Any, source: str, n: int) -> list[dict[str, Any]]:
 
 
 def supervised(labels: Any) -> int:
-    """Supervised tokens of a batch: positions whose next token is predicted (labels[:, 1:] != -100)."""
-    return int((labels[:, 1:] != -100).sum())
+    """Supervised tokens of a batch, as tunelab counts them (positions whose next token is predicted)."""
+    from tunelab.data.batching import count_supervised
+
+    return count_supervised(labels)

@@ -63,16 +63,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import config as C
-    from .data.prepare import export
+    from .data.prepare import export, prepare_from_config
     from .data.show import print_prepared
-    from .data.prepare import prepare_from_config
+    from .models.load import load_tokenizer
+    from .paths import check_writable
 
     cfg = C.load(args.config, args.overrides)
     out = Path(args.output or Path(cfg.output.dir) / "data")
-    from .paths import check_writable
-
     check_writable(out, args.overwrite)  # before any work: never overwrite a user's output unasked
-    prepared, tokenizer = prepare_from_config(cfg, use_cache=not args.no_cache)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                               revision=cfg.model.revision)
+    prepared = prepare_from_config(cfg, tokenizer, use_cache=not args.no_cache)
     export(prepared, out, overwrite=args.overwrite)
     C.save(cfg, out / "config.yaml")
     print_prepared(prepared, tokenizer, out)
@@ -200,6 +201,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import DTYPES  # light: the config module imports only yaml
+
     parser = argparse.ArgumentParser(prog="tunelab", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -295,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge a LoRA/DoRA adapter (or copy a full run) into a plain transformers model")
     p.add_argument("run_dir", help="run directory written by `tunelab train`")
     p.add_argument("--output", required=True, help="directory to write (must be empty or absent)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="weights dtype (default auto: the dtype the base model was saved in)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     commands["export"] = _cmd_export

@@ -24,6 +24,11 @@ import yaml
 
 from .errors import ConfigError
 
+# The one dtype vocabulary of tunelab (model.dtype, method.compute_dtype, `export --dtype`): each dtype
+# by its short and its torch name; `auto` means the default of the place that uses it.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+          "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DType = Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"]
 
 @dataclass
 class ModelConfig:
@@ -31,7 +36,7 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"
     # tokenizer reference when it differs from the model's (e.g. training from scratch)
     tokenizer: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: DType = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
     revision: str | None = None
@@ -84,7 +89,7 @@ class MethodConfig:
     lora_plus_ratio: float = 16.0
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compute_dtype: DType = "auto"
 
 
 @dataclass

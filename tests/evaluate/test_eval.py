@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from tests.conftest import REPO
 from tunelab.cli import main
-from tunelab.data.conversation import DataError
-from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
-from tunelab.evaluate.runner import Loaded
+from tunelab.errors import ConfigError
+from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generation import stop_token_ids
+from tunelab.models.loaded import Loaded
 from tunelab.evaluate.tasks import TASKS, get_task
 
 
@@ -179,14 +180,14 @@ def test_grade_command(tmp_path):
 
 
 def test_unknown_task_and_custom_task(tmp_path):
-    with pytest.raises(DataError, match="unknown task 'nope'; known: math500, gsm8k"):
+    with pytest.raises(ConfigError, match="unknown task 'nope'; known: math500, gsm8k"):
         get_task("nope")
     spec = tmp_path / "mine.yaml"
     spec.write_text("source: gsm8k_test\nscorer: gsm8k\ndescription: my gsm8k\n")
     t = get_task(str(spec))
     assert t.name == "mine" and t.scorer == "gsm8k" and t.items(limit=2)[0].gold == "18"
     spec.write_text("sorce: x\n")
-    with pytest.raises(DataError, match="unknown task key"):
+    with pytest.raises(ConfigError, match="unknown task key"):
         get_task(str(spec))
 
 

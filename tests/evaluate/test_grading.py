@@ -9,16 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunelab.evaluate.grading import (
-    EXTRACTORS,
     Verdict,
-    extract_answer_is,
-    extract_chinese_answer,
-    extract_choice,
-    extract_hash_answer,
-    extract_last_number,
     grade,
     gsm8k_verdicts,
-    last_boxed,
     math_equal,
     normalize_answer,
     strict_match,
@@ -129,43 +122,6 @@ def test_grade_choice(prediction, gold, expected):
     v = grade(prediction, gold, compare="choice")
     assert v.correct is expected
     assert v.method == ("choice" if v.extracted is not None else "none")
-
-
-# ---------------------------------------------------------------- extractors alone
-
-
-@pytest.mark.parametrize("text,expected", [
-    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
-    (r"\boxed{a}\boxed{b}", "b"),
-    (r"$\boxed{5}$", "5"),
-    (r"\boxed 7$", "7"),
-    (r"\fbox{9}", "9"),
-    (r"\boxed {x^{2}}", "x^{2}"),
-    (r"\boxed{1} \boxed{2", "1"),  # an unclosed last box is skipped
-    (r"\boxedx{1}", None),
-    ("no box", None),
-])
-def test_last_boxed(text, expected):
-    assert last_boxed(text) == expected
-
-
-def test_other_extractors():
-    assert extract_hash_answer("a\n#### 5\nb\n#### 1,234 ") == "1234"
-    assert extract_hash_answer("no hashes") is None
-    assert extract_answer_is("So the answer is 3.5. Then") == "3.5"
-    assert extract_answer_is(r"The answer is $\boxed{7}$.") == "7"
-    assert extract_answer_is("nothing") is None
-    assert extract_chinese_answer("答：这条鱼24元钱。") == "24"
-    assert extract_chinese_answer("x=3/4（吨）") == "3/4"
-    assert extract_chinese_answer("答：略。") is None
-    assert extract_last_number("from 10-3 we get 1,234.5 and then 3/4.") == "3/4"
-    assert extract_last_number("we get 1,234 apples") == "1234"
-    assert extract_last_number("it is -7") == "-7"
-    assert extract_last_number("10-3") == "3"
-    assert extract_last_number("25% off") == "25%"
-    assert extract_last_number("none") is None
-    assert extract_choice("答案是E", letters="ABCD") is None
-    assert set(EXTRACTORS) == {"boxed", "hash", "answer_is", "chinese", "last_number", "choice"}
 
 
 @pytest.mark.parametrize("raw,expected", [

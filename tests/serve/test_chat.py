@@ -10,8 +10,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.serve.conftest import env
-from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
-from tunelab.evaluate.runner import Loaded
+from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generation import stop_token_ids
+from tunelab.models.loaded import Loaded
 
 
 def chat(*args: str, stdin: str) -> subprocess.CompletedProcess:

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
-from tunelab.evaluate.runner import Loaded
+from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generation import stop_token_ids
+from tunelab.models.loaded import Loaded
 from tunelab.serve.engine import Engine, ReplyText, Sampling
 
 

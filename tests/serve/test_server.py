@@ -13,8 +13,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.serve.conftest import Server, env, free_port
-from tunelab.evaluate.generate import GenerationSettings, Generator, stop_token_ids
-from tunelab.evaluate.runner import Loaded
+from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generation import stop_token_ids
+from tunelab.models.loaded import Loaded
 
 KEY = "test-key"
 MAX_INPUT, MAX_TOKENS = 200, 16

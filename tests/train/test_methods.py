@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from tunelab.train.methods import (METHODS, MethodError, apply_method, check_supported, count_params,
-                                   describe, linear_module_names, quantization_config)
+                                   describe, linear_module_names)
+from tunelab.models.load import quantization_config
 
 H, I, V, HEAD, NQ, NKV, LAYERS = 64, 128, 256, 16, 4, 2, 3
 # (in, out) of every linear layer in one decoder layer
@@ -209,7 +210,7 @@ def test_qlora_needs_a_4bit_model_and_4bit_needs_qlora(model, tmp_path):
 
 
 def test_quantization_config_fields():
-    c = quantization_config(quant_type="fp4", double_quant=False, compute_dtype=torch.bfloat16)
+    c = quantization_config(quant_type="fp4", double_quant=False, compute_dtype="bfloat16")
     assert c.load_in_4bit and c.bnb_4bit_quant_type == "fp4" and not c.bnb_4bit_use_double_quant
     assert c.bnb_4bit_compute_dtype == torch.bfloat16
 

@@ -84,6 +84,18 @@ def step_plan(lengths: Sequence[int], *, packing: bool, max_length: int, batch_s
     return steps
 
 
+def supervised_mask(labels: Any) -> Any:
+    """Positions that enter the loss: those whose *next* token is supervised (labels[..., 1:] != -100).
+
+    The one definition of "supervised tokens": the loss (models/loss.py) averages over exactly these,
+    the training loop normalises by their count, and prepared statistics count them per example."""
+    return labels[..., 1:] != IGNORE_INDEX
+
+
+def count_supervised(labels: Any) -> int:
+    return int(supervised_mask(labels).sum())
+
+
 def collate_packed(rows: list[list[dict[str, Any]]], pad_id: int) -> dict[str, Any]:
     """`rows` is a batch of rows, each a list of examples {input_ids, labels} packed together."""
     import torch

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from tunelab.data.answers import last_boxed, split_hash_answer
 from tunelab.data.conversation import DataError, conversation, message
 
 Reader = Callable[..., dict]
@@ -229,19 +230,6 @@ def read_openai(record: dict, *, columns: dict[str, str] | None = None, where: s
     return conversation(msgs, r.answer("answer", required=False), **{**meta, **_meta(options)})
 
 
-def last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...} in `text` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1: j]
-    return None
-
-
 @_register("math", "problem", "solution", "answer", "subject", "level", "unique_id")
 def read_math(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
     r = _Rec(record, columns, where, "math")
@@ -263,19 +251,17 @@ _CALC = re.compile(r"<<.*?>>")
 def read_gsm8k(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
     r = _Rec(record, columns, where, "gsm8k")
     text = r.text("answer")
-    cut = text.rfind("####")
-    if cut < 0:
-        raise DataError(f"{_at(where)}a gsm8k answer must end with '#### N', got {text[-80:]!r}")
-    final = text[cut + 4:].strip().replace(",", "")
-    if not final:
-        raise DataError(f"{_at(where)}empty final answer after '####'")
+    parts = split_hash_answer(text)
+    if parts is None:
+        raise DataError(f"{_at(where)}a gsm8k answer must end with '#### N' (N not empty), got {text[-80:]!r}")
+    body, final = parts
     # <<48/2=24>> are calculator annotations for the original tool-using model, not reasoning text.
-    body = _CALC.sub("", text[:cut])
+    body = _CALC.sub("", body)
     if options.get("gsm8k_boxed", True):
         sep = "\n" if body and not body.endswith("\n") else ""
         reply = f"{body}{sep}The answer is \\boxed{{{final}}}."
     else:
-        reply = body + text[cut:]
+        reply = body + text[text.rfind("####"):]
     return conversation([message("user", r.text("question")), message("assistant", reply)], final,
                         **_meta(options, task="math"))
 

@@ -72,11 +72,13 @@ def _lengths(ds: Any) -> list[int]:
 
 
 def _supervised(ds: Any) -> int:
+    """Supervised tokens as the loss counts them (`batching.supervised_mask`: labels[1:] of each example)."""
     import pyarrow.compute as pc
 
     if not len(ds):
         return 0
-    return int(pc.sum(pc.not_equal(pc.list_flatten(ds.with_format("arrow")[:]["labels"]), IGNORE_INDEX)).as_py() or 0)
+    labels = pc.list_slice(ds.with_format("arrow")[:]["labels"], 1)
+    return int(pc.sum(pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)).as_py() or 0)
 
 
 def _percentiles(values: list[int]) -> dict[str, float]:
@@ -228,19 +230,14 @@ def export(prepared: Prepared, out: Path, overwrite: bool = False) -> None:
         shutil.copy2(prepared.path / "stats.json", tmp / "stats.json")
 
 
-def prepare_from_config(cfg: Any, *, use_cache: bool = True, tokenizer: Any = None) -> tuple[Prepared, Any]:
-    """The builder: read the typed config, load the tokenizer, call `prepare` with plain arguments."""
-    from ..models.load import load_tokenizer
-
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name,
-                                   trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+def prepare_from_config(cfg: Any, tokenizer: Any, *, use_cache: bool = True) -> Prepared:
+    """The builder: read the typed config, call `prepare` with plain arguments (the caller loads the
+    tokenizer: `data` knows nothing of models)."""
     d = cfg.data
-    prepared = prepare(
+    return prepare(
         source=d.name, tokenizer=tokenizer, stage=cfg.stage, fmt=d.format, columns=d.columns, split_name=d.split,
         limit=d.limit, n=d.n, seed=d.seed, val_size=d.val_size, template=d.template,
         enable_thinking=d.enable_thinking, system_prompt=d.system_prompt, instruction=d.instruction,
         gsm8k_boxed=d.gsm8k_boxed, supervise=d.supervise, max_length=d.max_length, overlong=d.overlong,
         dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, num_proc=d.num_proc, use_cache=use_cache,
     )
-    return prepared, tokenizer

@@ -19,7 +19,7 @@ def measure(model: Any, tokenizer: Any, *, batch_sizes: tuple[int, ...] = (1, 4,
             new_tokens: int = 32, repeats: int = 1) -> list[dict[str, Any]]:
     import torch
 
-    from ..train.metrics import peak_memory_mb
+    from ..memory import peak_memory_mb
 
     device = next(model.parameters()).device
     base = tokenizer(PROMPT_TEXT * (prompt_tokens // 20 + 2), add_special_tokens=False)["input_ids"][:prompt_tokens]

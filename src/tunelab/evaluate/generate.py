@@ -1,7 +1,7 @@
 """Batched rollouts with the training template: the prompts come from the same renderer as training.
 
-    gen = Generator(model, tokenizer, renderer)
-    outputs = gen.generate(prompt_ids, max_new_tokens=512)   # greedy, batched, KV cache
+    gen = Generator(model, tokenizer, stop_token_ids(tokenizer, renderer.eot))
+    outputs = gen.generate(prompt_ids, GenerationSettings(max_new_tokens=512))   # greedy, batched, KV cache
 
 Why batched and grouped by length: on a CPU, one `generate` call per question leaves most of the
 matrix units idle; a batch of similar-length prompts, left-padded so every row ends at the same
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
+
+from ..models.generation import decode_reply, generate_kwargs, pad_token_id
 
 
 @dataclass
@@ -29,15 +31,6 @@ class GenerationSettings:
         return dict(self.__dict__)
 
 
-def stop_token_ids(tokenizer: Any, eot: str) -> list[int]:
-    ids = []
-    if eot:
-        ids.append(tokenizer.convert_tokens_to_ids(eot))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar prompt length (longest first: OOM shows up at once)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -47,7 +40,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 class Generator:
     def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int]):
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, stop_ids
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+        self.pad_id = pad_token_id(tokenizer, stop_ids)
 
     def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int]]:
         import torch
@@ -56,12 +49,8 @@ class Generator:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self.stop_ids,
-                                      pad_token_id=self.pad_id, use_cache=True)
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 stop_ids=self.stop_ids, pad_id=self.pad_id)
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         results = []
@@ -72,7 +61,7 @@ class Generator:
                     n = j + 1
                     break
             new = [t for t in row[:n] if t != self.pad_id or t in self.stop_ids]
-            results.append((self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(new)))
+            results.append((decode_reply(self.tokenizer, new), len(new)))
         return results
 
     def generate(self, prompts: list[list[int]], s: GenerationSettings,

@@ -5,7 +5,7 @@
 - Raw text: every token after the first; texts longer than the context are scored with a sliding
   window (`max_length` tokens, advancing by `stride`), each token scored once with up to
   `max_length - stride` tokens of preceding context, as in the Hugging Face perplexity guide.
-The token losses come from `train/loss.py`, the same code the training loop uses.
+The token losses come from `models/loss.py`, the same code the training loop uses.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _score(model: Any, examples: list[dict[str, list[int]]], batch_size: int) ->
     import torch
 
     from ..data.batching import collate_padded
-    from ..train.loss import CausalLMLoss
+    from ..models.loss import CausalLMLoss
 
     loss_fn = CausalLMLoss(model).eval()
     device = next(model.parameters()).device

@@ -2,7 +2,7 @@
 
     TASKS["gsm8k"].items(limit=20)  ->  [Item(id, messages, gold, meta), ...]
 
-A task's prompt is the data set's conversation without its final reply, passed through the same
+A task names its scorer (`scorers/`: math, gsm8k, choice, rouge_zh). A task's prompt is the data set's conversation without its final reply, passed through the same
 `apply_prompts` as training (system prompt, step-by-step `\\boxed{}` instruction), and rendered by
 the same renderer, so a model is asked at test time exactly as it was trained. Custom tasks come
 from a YAML file with the same fields (`tunelab eval --task my_task.yaml`).
@@ -13,10 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data.conversation import DataError
+from ..errors import ConfigError, DataError
 from ..data.prompts import apply_prompts
 
-SCORERS = ("math", "gsm8k", "choice", "rouge_zh", "none")
 KINDS = ("generate", "perplexity", "efficiency")
 CHOICE_INSTRUCTION = "请直接给出正确选项的字母，并写在 \\boxed{} 中。"
 
@@ -64,7 +63,9 @@ def to_item(conv: dict[str, Any], index: int, scorer: str, where: str = "") -> I
     the exact answer for graded tasks, the last reply itself for generation metrics."""
     msgs = conv["messages"]
     last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
-    gold = conv.get("answer") if scorer in ("math", "gsm8k", "choice") else msgs[last]["content"]
+    from .scorers import get_scorer
+
+    gold = conv.get("answer") if get_scorer(scorer).gold == "answer" else msgs[last]["content"]
     if gold is None:
         raise DataError(f"{where}: no reference answer")
     meta = {k: v for k, v in (conv.get("meta") or {}).items() if isinstance(v, (str, int, float))}
@@ -105,12 +106,17 @@ def get_task(name: str) -> Task:
         known = {f.name for f in fields(Task)}
         unknown = sorted(set(spec) - known)
         if unknown:
-            raise DataError(f"{path}: unknown task key(s) {unknown}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"{path}: unknown task key(s) {unknown}; known: {', '.join(sorted(known))}")
         spec.setdefault("name", path.stem)
         if "breakdown" in spec:
             spec["breakdown"] = tuple(spec["breakdown"])
         task = Task(**spec)
-        if task.scorer not in SCORERS or task.kind not in KINDS:
-            raise DataError(f"{path}: scorer must be one of {SCORERS} and kind one of {KINDS}")
+        if task.kind not in KINDS:
+            raise ConfigError(f"{path}: kind '{task.kind}'; known: {', '.join(KINDS)}")
+        if task.kind == "generate":
+            from .scorers import SCORERS
+
+            if task.scorer not in SCORERS:
+                raise ConfigError(f"{path}: scorer '{task.scorer}'; known: {', '.join(SCORERS)}")
         return task
-    raise DataError(f"unknown task '{name}'; known: {', '.join(TASKS)} (or a task .yaml file)")
+    raise ConfigError(f"unknown task '{name}'; known: {', '.join(TASKS)} (or a task .yaml file)")

@@ -16,11 +16,11 @@ transformers backend's. Not tested in this repository's CI (no CUDA there); the 
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..data.conversation import DataError
+from .. import rundir
+from ..errors import DataError
 
 
 def check_available() -> None:
@@ -36,17 +36,16 @@ def check_available() -> None:
 
 def engine_args(model_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(LLM(...) keyword arguments, the LoRA adapter to apply or None) for a resolved model directory."""
-    adapter = (model_dir / "adapter_config.json").is_file()
-    if not adapter:
+    if not rundir.is_adapter(model_dir):
         return {"model": str(model_dir), "tokenizer": str(model_dir)}, None
-    cfg = json.loads((model_dir / "adapter_config.json").read_text())
+    cfg = rundir.read_json(model_dir / rundir.ADAPTER_CONFIG)
     method = meta.get("method", "lora")
     if meta.get("quantization") or cfg.get("use_dora") or method in ("dora", "qlora"):
         raise DataError(f"{model_dir}: a {method} adapter cannot be evaluated with --backend vllm; run "
                         f"`tunelab export {model_dir.parent} --output DIR` and evaluate DIR, or use --backend hf")
     from ..models.load import resolve
 
-    base = resolve(str(meta.get("base_model") or cfg["base_model_name_or_path"]))
+    base = resolve(rundir.adapter_base(model_dir))
     rank = int(cfg.get("r", 8))
     return ({"model": base.path, "tokenizer": str(model_dir), "enable_lora": True,
              "max_lora_rank": max(8, 1 << (rank - 1).bit_length())},  # vLLM wants a power of two >= 8

@@ -86,8 +86,8 @@ def _plot_scale(rows: list[tuple[int, float | None, float | None]], path: Path, 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     xs = [r[0] for r in rows]
     if task and any(r[1] is not None for r in rows):
-        ax.plot(xs, [100 * (r[1] or 0) for r in rows], marker="o", color="tab:blue", label=f"{task} accuracy")
-        ax.set_ylabel(f"{task} accuracy (%)")
+        ax.plot(xs, [100 * (r[1] or 0) for r in rows], marker="o", color="tab:blue", label=f"{task} score")
+        ax.set_ylabel(f"{task} score (accuracy or ROUGE-L, %)")
     ax2 = ax.twinx()
     ax2.plot(xs, [r[2] for r in rows], marker="s", color="tab:red", label="final validation loss")
     ax2.set_ylabel("final validation loss (nats)")
@@ -150,35 +150,33 @@ def _settings_key(res: dict[str, Any]) -> str:
     return json.dumps({"gen": g, "n": res.get("n"), "thinking": res.get("enable_thinking")}, sort_keys=True)
 
 
+def _scorer(results: list[dict[str, Any]]) -> Any:
+    """The scorer that produced these results (results.json records it; older files: by their keys)."""
+    from ..evaluate.scorers import get_scorer
+
+    names = {r.get("scorer") or ("rouge_zh" if "rouge-l" in r else "math") for r in results}
+    return get_scorer(sorted(names)[0])
+
+
 def _score_table(evals: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
     tasks = sorted({t for per in evals.values() for t in per})
     labels = (["base"] if "base" in evals else []) + [k for k in evals if k != "base"]
     cols = ["model"]
     warnings = []
+    scorers = {}
     for t in tasks:
         results = [evals[l][t] for l in labels if t in evals[l]]
         if len({_settings_key(r) for r in results}) > 1:
             warnings.append(f"task {t}: the models were evaluated with different settings (generation, n or "
                             "thinking mode); their scores are not directly comparable")
-        rouge = any("rouge-l" in r for r in results)
-        cols += [f"{t} ROUGE-L / BLEU-4"] if rouge else [f"{t} accuracy [95% CI]", f"{t} vs base (points)",
-                                                         f"{t} final answer stated"]
+        scorers[t] = _scorer(results)
+        cols += scorers[t].report_columns(t)
     rows = []
     for l in labels:
         row = [l]
         for t in tasks:
             r = evals[l].get(t)
-            base = evals.get("base", {}).get(t)
-            if r is not None and "rouge-l" in r:
-                row.append(f"{r['rouge-l']:.2f} / {r['bleu-4']:.2f}")
-            elif r is None:
-                row += ["-", "-", "-"]
-            else:
-                lo, hi = r["ci95"]
-                row.append(f"{100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})")
-                diff = "" if l == "base" or base is None else f"{100 * (r['accuracy'] - base['accuracy']):+.1f}"
-                row.append(diff or "-")
-                row.append(f"{100 * r['parseable_rate']:.0f}%" if "parseable_rate" in r else "-")
+            row += scorers[t].report_cells(r, None if l == "base" else evals.get("base", {}).get(t))
         rows.append(row)
     return cols, rows, warnings
 
@@ -207,8 +205,11 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
     series = _scale_series(runs)
     if series:
         task = next(iter(sorted({t for per in evals.values() for t in per})), None)
-        pts = [(size, (evals.get(n, {}).get(task) or {}).get("accuracy") if task else None,
-                (runs[n]["summary"] or {}).get("final_val_loss")) for n, size in series]
+        def score(name: str) -> float | None:
+            r = evals.get(name, {}).get(task) if task else None
+            return _scorer([r]).headline(r) if r else None
+
+        pts = [(size, score(n), (runs[n]["summary"] or {}).get("final_val_loss")) for n, size in series]
         _plot_scale(pts, out / "data_scale.png", task)
         charts.append(("Score and validation loss against data size", "data_scale.png"))
     res_rows = _resource_rows(runs)

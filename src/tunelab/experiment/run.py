@@ -22,41 +22,37 @@ from .spec import Experiment
 BASE = "base"
 
 
-def _task_items(exp: Experiment, task_name: str, loaded: Any) -> tuple[Any, list]:
+def _task_items(exp: Experiment, task_name: str, loaded: Any) -> tuple[Any, list | None]:
+    """(task, items): a registered task asks its own items; `heldout` is the validation split of the
+    experiment's training data, exactly as `prepare` splits it."""
     from ..evaluate.tasks import Task, get_task, to_item
 
-    ev = exp.evaluation
     if task_name != "heldout":
-        task = get_task(task_name)
-        return task, task.items(limit=ev.limit, system_prompt=loaded.system_prompt,
-                                instruction=loaded.task_instruction)
+        return get_task(task_name), None
     from ..data.prepare import heldout_conversations
 
     cfg = next(iter(exp.variants.values()))
-    convs = heldout_conversations(cfg)[: ev.limit] if ev.limit else heldout_conversations(cfg)
+    limit = exp.evaluation.settings.limit
+    convs = heldout_conversations(cfg)[:limit] if limit else heldout_conversations(cfg)
     has_answers = all(c.get("answer") is not None for c in convs)
     task = Task("heldout", cfg.data.name, f"held-out split of {cfg.data.name}",
                 scorer="math" if has_answers else "rouge_zh")
-    items = [to_item(c, i, task.scorer, where=f"held-out item {i}") for i, c in enumerate(convs)]
-    return task, items
+    return task, [to_item(c, i, task.scorer, where=f"held-out item {i}") for i, c in enumerate(convs)]
 
 
 def evaluate(exp: Experiment, label: str, model_ref: str) -> None:
-    from ..evaluate.generate import GenerationSettings
-    from ..evaluate.runner import Loaded, evaluate_model
+    from ..evaluate.run import evaluate as evaluate_one
+    from ..evaluate.run import load
 
-    ev = exp.evaluation
-    todo = [t for t in ev.tasks if not (exp.output / "eval" / label / t / "results.json").is_file()]
+    settings = exp.evaluation.settings
+    todo = [t for t in exp.evaluation.tasks if not (exp.output / "eval" / label / t / "results.json").is_file()]
     if not todo:
         return  # finished earlier (an interrupted eval has no results.json yet and continues below)
-    loaded = Loaded(model_ref)
+    loaded = load(model_ref, settings)
     for task_name in todo:
-        out = exp.output / "eval" / label / task_name
         task, items = _task_items(exp, task_name, loaded)
-        settings = GenerationSettings(max_new_tokens=ev.max_new_tokens or task.max_new_tokens or 512,
-                                      batch_size=ev.batch_size)
-        print(f"[tunelab] eval {label} on {task_name} ({len(items)} items)", flush=True)
-        evaluate_model(loaded, task, items, out, settings)
+        print(f"[tunelab] eval {label} on {task_name}", flush=True)
+        evaluate_one(loaded, task, out=exp.output / "eval" / label / task_name, settings=settings, items=items)
 
 
 def run(exp: Experiment, *, only: list[str] | None = None) -> dict[str, str]:

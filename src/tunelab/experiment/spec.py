@@ -21,15 +21,37 @@ from typing import Any
 import yaml
 
 from .. import config as C
+from ..evaluate.run import EvalSettings
 
 
 @dataclass
 class EvalSpec:
     tasks: list[str] = field(default_factory=list)
-    limit: int | None = None
-    max_new_tokens: int | None = None
-    batch_size: int = 16
     base_model: bool = True  # evaluate the untuned base model once, as the reference row
+    # how every model is evaluated: limit, max_new_tokens, batch_size, temperature, n, seed, ...
+    settings: EvalSettings = field(default_factory=EvalSettings)
+
+
+def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
+    """`evaluation:` of an experiment or sweep: tasks, base_model, and any `EvalSettings` key."""
+    if not isinstance(data, dict):
+        raise C.ConfigError(f"{where}: 'evaluation' must be a mapping")
+    data = dict(data)
+    tasks = data.pop("tasks", []) or []
+    base_model = data.pop("base_model", True)
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise C.ConfigError(f"{where}: evaluation.tasks must be a list of task names")
+    from ..evaluate.tasks import TASKS
+
+    unknown = [t for t in tasks if t not in TASKS and t != "heldout" and not t.endswith((".yaml", ".yml"))]
+    if unknown:
+        raise C.ConfigError(f"{where}: evaluation.tasks: unknown task(s) {unknown}; known: heldout, "
+                            f"{', '.join(TASKS)} (or a task .yaml file)")
+    try:
+        settings = EvalSettings.from_dict(data, where=f"{where}: evaluation")
+    except TypeError as e:
+        raise C.ConfigError(f"{where}: evaluation: {e}") from None
+    return EvalSpec(tasks=tasks, base_model=bool(base_model), settings=settings)
 
 
 @dataclass
@@ -77,11 +99,7 @@ def load(path: str | Path) -> Experiment:
             raise C.ConfigError(f"{path}: variant '{name}': {e}") from None
         cfg.output.dir = str(output / "runs" / name)
         variants[name] = cfg
-    ev = spec.get("evaluation") or {}
-    try:
-        evaluation = C.build_section(EvalSpec, ev, "evaluation.")
-    except C.ConfigError as e:
-        raise C.ConfigError(f"{path}: {e}") from None
+    evaluation = eval_spec(spec.get("evaluation") or {}, str(path))
     first = next(iter(variants.values()))
     return Experiment(name=spec.get("name") or path.stem, path=path, output=output, variants=variants,
                       overrides={k: dict(v or {}) for k, v in variants_spec.items()}, evaluation=evaluation,

@@ -64,6 +64,17 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         raise C.ConfigError(f"{path}: direction must be minimize or maximize")
     if not spec.get("space"):
         raise C.ConfigError(f"{path}: a sweep needs a search 'space'")
+    obj = spec["objective"]
+    if obj not in ("val_loss", "train_loss"):
+        parts = str(obj).split(":")
+        if len(parts) != 3 or parts[0] != "eval" or not all(parts[1:]):
+            raise C.ConfigError(f"{path}: objective '{obj}': use val_loss, train_loss or eval:TASK:METRIC")
+        from ..evaluate.tasks import get_task
+
+        get_task(parts[1])  # an unknown task is an error now, not after the first trial trained
+    from ..evaluate.run import EvalSettings
+
+    spec["eval_settings"] = EvalSettings.from_dict(spec.get("evaluation") or {}, where=f"{path}: evaluation")
     for key, dom in spec["space"].items():  # every key must be a config key of the right type
         sample = dom["choices"][0] if "choices" in dom else dom.get("low")
         if sample is None:
@@ -154,17 +165,12 @@ def _objective_value(spec: dict[str, Any], run_dir: Path, summary: dict[str, Any
         return float(summary["final_train_loss"])
     if obj.startswith("eval:"):
         _, task_name, metric = obj.split(":")
-        from ..evaluate.generate import GenerationSettings
-        from ..evaluate.runner import Loaded, evaluate_model
-        from ..evaluate.tasks import get_task
+        from ..evaluate.run import evaluate
 
-        ev = spec.get("evaluation") or {}
-        task = get_task(task_name)
-        loaded = Loaded(str(run_dir))
-        items = task.items(limit=ev.get("limit"), system_prompt=loaded.system_prompt)
-        res = evaluate_model(loaded, task, items, run_dir / "eval" / task_name,
-                             GenerationSettings(max_new_tokens=ev.get("max_new_tokens") or 256,
-                                                batch_size=ev.get("batch_size", 16)))
+        res = evaluate(str(run_dir), task_name, out=run_dir / "eval" / task_name, settings=spec["eval_settings"])
+        if not isinstance(res.get(metric), (int, float)):
+            raise C.ConfigError(f"objective '{obj}': task {task_name} reports no number '{metric}'; its results "
+                                f"have {', '.join(k for k, v in res.items() if isinstance(v, (int, float)))}")
         return float(res[metric])
     raise C.ConfigError(f"objective '{obj}': use val_loss, train_loss or eval:TASK:METRIC")
 
@@ -188,9 +194,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         cfg = trial_cfg(spec, params, str(run_dir))
         trial.set_user_attr("run_dir", str(run_dir))
 
-        def report(step: int, state: dict) -> None:
-            if spec["pruning"] and state.get("last_eval_step") == step and state.get("last_val_loss") is not None:
-                trial.report(state["last_val_loss"], step)
+        def report(step: int, state: Any) -> None:
+            if spec["pruning"] and state.last_eval_step == step and state.last_val_loss is not None:
+                trial.report(state.last_val_loss, step)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {step}")
 

@@ -9,13 +9,14 @@ raises one message naming what was looked for, where, and how to get it.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .builtin import BUILTINS, ModelNotFoundError, ensure
+from .. import rundir
+from ..errors import ModelNotFoundError
+from .builtin import BUILTINS, ensure
 
 # bitsandbytes (imported by peft) warns on every start on CPUs with AVX512-BF16 that it could not fetch an
 # optional kernel from the hub (`kernels` package); its fallback works and this workplace has no hub access.
@@ -39,9 +40,7 @@ def resolve(ref: str) -> ModelRef:
         return ModelRef("builtin", str(ensure(ref)), ref)
     path = Path(ref).expanduser()
     if path.is_dir():
-        if (path / "model").is_dir() and not (path / "config.json").exists():
-            path = path / "model"  # a tunelab run directory: its `model/` holds the weights
-        return ModelRef("local", str(path), ref)
+        return ModelRef("local", str(rundir.model_dir(path)), ref)  # a run directory: its model/
     if _looks_like_hub_id(ref):
         return ModelRef("hub", ref, ref)
     raise ModelNotFoundError(
@@ -76,15 +75,22 @@ def load_tokenizer(ref: str | ModelRef, *, trust_remote_code: bool = False, revi
     return tok
 
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def torch_dtype(name: str) -> Any:
+    """A dtype name of the config's one vocabulary (`fp32`/`float32`, `bf16`/`bfloat16`, `fp16`/`float16`;
+    `auto` is fp32: mixed precision is the training loop's job) -> the torch dtype."""
     import torch
 
-    if name == "auto":
-        return torch.float32
-    return getattr(torch, DTYPES[name])
+    from ..config import DTYPES
+
+    return torch.float32 if name == "auto" else getattr(torch, DTYPES[name])
+
+
+def quantization_config(*, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "float32") -> Any:
+    """The 4-bit BitsAndBytesConfig of QLoRA: built here only, for training, evaluation and export alike."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
 
 
 def load_model(
@@ -98,13 +104,13 @@ def load_model(
     seed: int = 0,
     **kwargs: Any,
 ) -> Any:
-    """Load a causal LM. `dtype="auto"` means fp32 (the CPU default; mixed precision is the loop's job)."""
+    """Load a causal LM; a PEFT adapter directory loads its base model, then the adapter (a QLoRA
+    adapter on the 4-bit base it was trained on). `dtype="auto"` means fp32 (the CPU default)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     r = resolve(ref) if isinstance(ref, str) else ref
-    adapter = Path(r.path) / "adapter_config.json"
-    if r.kind == "local" and adapter.is_file():
+    if r.kind == "local" and rundir.is_adapter(r.path):
         return _load_adapter(Path(r.path), dtype=dtype, attn_implementation=attn_implementation,
                              trust_remote_code=trust_remote_code, **kwargs)
     try:
@@ -123,24 +129,43 @@ def load_model(
         raise _wrap_hub_error(r, e) from None
 
 
-def run_metadata(path: str | Path) -> dict[str, Any]:
-    """`tunelab.json` written beside a trained model (base model, method, template), or {}."""
-    meta = Path(path) / "tunelab.json"
-    return json.loads(meta.read_text()) if meta.is_file() else {}
-
-
 def _load_adapter(path: Path, **kwargs: Any) -> Any:
-    """A PEFT adapter directory: load its base model (by the reference tunelab saved), then the adapter."""
     from peft import PeftModel
 
-    meta = run_metadata(path)
-    base_ref = meta.get("base_model") or json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    q = meta.get("quantization")
+    base_ref = rundir.adapter_base(path)
+    if base_ref is None:
+        raise ModelNotFoundError(f"{path}: an adapter whose base model is named neither in {rundir.META} nor in "
+                                 f"{rundir.ADAPTER_CONFIG}")
+    q = rundir.quantization(path)
     if q and "quantization_config" not in kwargs:  # a QLoRA adapter is used on the 4-bit base it was trained on
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
-            bnb_4bit_compute_dtype=torch_dtype(q["compute_dtype"]))
+        kwargs["quantization_config"] = quantization_config(**q)
     base = load_model(base_ref, **kwargs)
     return PeftModel.from_pretrained(base, str(path))
+
+
+def load_merged(model_path: str | Path, *, dtype: str = "float32") -> Any:
+    """The model of a model directory as one plain transformers model: an adapter merged into its base.
+
+    The merge adds B@A (times its scale) to each base weight in fp32 (in low precision it would lose
+    the small update the adapter learned). QLoRA: the adapter learned a correction to the 4-bit
+    weights, so it is merged into those weights dequantized, which is exactly what the trained model
+    computed with, not into the original full-precision base (off by the quantization error). The
+    base is dequantized right after loading: bitsandbytes 0.50 repacks 4-bit weights for its CPU
+    kernel on the first inference forward, and `dequantize` reads repacked weights wrongly.
+    """
+    from peft import PeftModel
+
+    path = Path(model_path)
+    if not rundir.is_adapter(path):
+        return load_model(str(path), dtype=dtype)
+    base_ref = rundir.adapter_base(path)
+    if base_ref is None:
+        raise ModelNotFoundError(f"{path}: neither {rundir.META} nor {rundir.ADAPTER_CONFIG} names the base model")
+    q = rundir.quantization(path)
+    if q:
+        base = load_model(base_ref, dtype="float32",
+                          quantization_config=quantization_config(**{**q, "compute_dtype": "float32"}))
+        base = base.dequantize().float()
+    else:
+        base = load_model(base_ref, dtype="float32")
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload()

@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-COMMANDS = ("/reset", "/system", "/save", "/exit")
 HELP = "commands: /reset, /system TEXT, /save FILE, /exit (start a message with // to send a leading slash)"
 
 
@@ -34,7 +33,7 @@ class ChatSession:
         self.loaded, self.engine, self.sampling = loaded, engine, sampling
         self.system = system
         self.turns: list[dict[str, str]] = []
-        self.context = getattr(loaded.model.config, "max_position_embeddings", None)
+        self.context = loaded.context
 
     def messages(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -141,7 +140,7 @@ def run_terminal(session: ChatSession, banner: str) -> int:
 
 
 def chat_command(args: Any) -> int:
-    from ..evaluate.runner import Loaded
+    from ..models.loaded import Loaded
     from .engine import Engine, Sampling, pick_device
 
     if args.max_new_tokens < 1:

@@ -12,10 +12,10 @@ order; each caller reads the tokens of its own job from its own queue, so output
 worker also lets a caller stop a generation between two decoding steps (a stop string seen, an HTTP
 client gone, Ctrl-C in chat) without killing anything.
 
-Why the reply equals `tunelab eval`'s: `model.generate` runs with the settings of
-`evaluate.generate.Generator` (greedy at temperature 0, stop at the template's end-of-turn token and
-eos), and the reply is the decoded tokens without special tokens, stripped, exactly as Generator
-returns it; sampling is seeded with `torch.manual_seed(seed)` as Generator seeds sample 0. Tests
+Why the reply equals `tunelab eval`'s: `model.generate` runs with the keyword arguments of
+`models.generation.generate_kwargs`, as eval's rollouts do (greedy at temperature 0, stop at the
+template's end-of-turn token and eos), and the reply is the decoded tokens without special tokens,
+stripped (`models.generation.decode_reply`'s definition, built up token by token here); sampling is seeded with `torch.manual_seed(seed)` as Generator seeds sample 0. Tests
 check served == evaluated for greedy and for seeded sampling.
 
 Run its tests: `.venv/bin/python -m pytest tests/serve/test_engine.py -q`.
@@ -27,6 +27,8 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
+
+from ..models.generation import generate_kwargs, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -126,16 +128,14 @@ class _Job:
 class Engine:
     def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int]):
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, list(stop_ids)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+        self.pad_id = pad_token_id(tokenizer, stop_ids)
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="tunelab-generate", daemon=True)
         self._worker.start()
 
     @classmethod
     def for_loaded(cls, loaded: Any) -> "Engine":
-        from ..evaluate.generate import stop_token_ids
-
-        return cls(loaded.model, loaded.tokenizer, stop_token_ids(loaded.tokenizer, loaded.renderer.eot))
+        return cls(loaded.model, loaded.tokenizer, loaded.stop_ids)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker after the jobs already queued, and wait for it: a thread still inside torch
@@ -185,13 +185,9 @@ class Engine:
         s = job.sampling
         device = next(self.model.parameters()).device
         ids = torch.tensor([job.prompt], device=device)
-        # the same keyword arguments as evaluate.generate.Generator._batch (served == evaluated)
-        kwargs: dict[str, Any] = dict(max_new_tokens=s.max_new_tokens, eos_token_id=self.stop_ids,
-                                      pad_token_id=self.pad_id, use_cache=True)
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # the same keyword arguments as eval's rollouts (models/generation.py): served == evaluated
+        kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 stop_ids=self.stop_ids, pad_id=self.pad_id)
         # the worker is the only thread that samples, so seeding the global generator is safe
         torch.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
         with torch.no_grad():

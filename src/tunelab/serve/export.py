@@ -18,14 +18,13 @@ Tests: `.venv/bin/python -m pytest tests/serve/test_export.py -q`.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import rundir
+from ..config import DTYPES
 from ..errors import ServeError
-
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def find_model_dir(run_dir: str | Path) -> Path:
@@ -33,19 +32,18 @@ def find_model_dir(run_dir: str | Path) -> Path:
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise ServeError(f"{run} is not a directory; give a run directory written by `tunelab train`")
-    model = run / "model" if (run / "model").is_dir() else run
-    if not ((model / "adapter_config.json").is_file() or (model / "config.json").is_file()):
-        raise ServeError(f"{run} is not a tunelab run directory: expected {run / 'model'} holding a transformers "
-                         "model (config.json) or a PEFT adapter (adapter_config.json), as `tunelab train` writes")
+    model = rundir.model_dir(run)
+    if not (rundir.is_adapter(model) or (model / "config.json").is_file()):
+        raise ServeError(f"{run} is not a tunelab run directory: expected {run / rundir.MODEL} holding a transformers "
+                         f"model (config.json) or a PEFT adapter ({rundir.ADAPTER_CONFIG}), as `tunelab train` writes")
     return model
 
 
 def _saved_dtype(model_dir: Path) -> str:
     """The dtype a model directory's config.json records (float32 when it records none)."""
-    cfg = model_dir / "config.json"
-    data = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    data = rundir.read_json(model_dir / "config.json") or {}
     name = str(data.get("dtype") or data.get("torch_dtype") or "float32")
-    return name if name in DTYPES.values() else "float32"
+    return DTYPES.get(name, "float32")
 
 
 def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", overwrite: bool = False,
@@ -53,50 +51,28 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
     import torch
 
     from ..data.templates import end_of_turn
-    from ..evaluate.generate import stop_token_ids
-    from ..models.load import load_model, load_tokenizer, resolve, run_metadata
+    from ..models.generation import stop_token_ids
+    from ..models.load import load_merged, load_tokenizer, resolve
     from ..paths import atomic_dir, check_writable
 
     if dtype != "auto" and dtype not in DTYPES:
         raise ServeError(f"--dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}")
     model_dir = find_model_dir(run_dir)
-    run = model_dir.parent if model_dir.name == "model" else model_dir
+    run = model_dir.parent if model_dir.name == rundir.MODEL else model_dir
     out = Path(output).expanduser()
     o, r = out.resolve(), run.resolve()
     if o == r or o == model_dir.resolve() or o in r.parents:
         raise ServeError(f"--output {out} would replace the run it exports from ({run}); choose another directory")
     check_writable(out, overwrite)  # before the (slow) loading: never replace a user's files unasked
 
-    meta = run_metadata(model_dir)
-    adapter = (model_dir / "adapter_config.json").is_file()
+    meta = rundir.read_metadata(model_dir)
+    adapter = rundir.is_adapter(model_dir)
     tokenizer = load_tokenizer(str(model_dir))  # carries the chat template used in training
     eot = end_of_turn(tokenizer, {"enable_thinking": bool(meta.get("enable_thinking", False))})
-    quant = meta.get("quantization")
+    quant = rundir.quantization(model_dir)
+    model = load_merged(model_dir)  # an adapter merged into its base (a QLoRA base dequantized first), fp32
     if adapter:
-        from peft import PeftModel
-
-        base_ref = meta.get("base_model") or json.loads((model_dir / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path")
-        if not base_ref:
-            raise ServeError(f"{model_dir}: neither tunelab.json nor adapter_config.json names the base model")
-        base_ref = str(base_ref)
-        # The merge adds B@A (times its scale) to each weight in fp32: in low precision, or into 4-bit
-        # weights, it would lose the small update the adapter learned.
-        if quant:
-            # QLoRA: the adapter learned a correction to the 4-bit weights, so it is merged into those
-            # weights dequantized (exactly what the trained model computed with), not into the original
-            # full-precision base, which differs from them by the quantization error. Dequantize at once
-            # after loading: bitsandbytes repacks 4-bit weights for its CPU kernel on the first inference
-            # forward, and `dequantize` reads repacked weights wrongly (bitsandbytes 0.50).
-            from transformers import BitsAndBytesConfig
-
-            base = load_model(base_ref, dtype="float32", quantization_config=BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
-                bnb_4bit_use_double_quant=quant["double_quant"], bnb_4bit_compute_dtype=torch.float32))
-            base = base.dequantize().float()
-        else:
-            base = load_model(base_ref, dtype="float32")
-        model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+        base_ref = rundir.adapter_base(model_dir)
         base_dir = resolve(base_ref)
         saved = _saved_dtype(Path(base_dir.path)) if base_dir.kind != "hub" else "float32"
         how = f"{meta.get('method', 'adapter')} adapter merged into '{base_ref}'"
@@ -104,7 +80,6 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
             how += (f" (QLoRA: the {quant.get('quant_type', '4-bit')} base dequantized to float32, then the adapter "
                     "merged into it: the export computes what the trained QLoRA model computed)")
     else:
-        model = load_model(str(model_dir), dtype="float32")
         saved = _saved_dtype(model_dir)
         how = f"{meta.get('method', 'full')} model copied"
     target = saved if dtype == "auto" else DTYPES[dtype]
@@ -118,9 +93,9 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "tunelab.json").write_text(json.dumps(new_meta, indent=2))
-        if (run / "config.yaml").is_file():
-            shutil.copy2(run / "config.yaml", tmp / "config.yaml")
+        rundir.write_metadata(tmp, new_meta)
+        if (run / rundir.CONFIG).is_file():
+            shutil.copy2(run / rundir.CONFIG, tmp / rundir.CONFIG)
     log(f"[tunelab] exported {run} -> {out}: {how}; dtype {target}; eos {stops} "
         f"({eot or tokenizer.eos_token}); load it with AutoModelForCausalLM.from_pretrained('{out}')")
     return {"output": str(out), "merged": adapter, "dtype": target, "method": meta.get("method"),

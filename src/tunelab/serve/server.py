@@ -293,11 +293,11 @@ def serve_command(args: Any) -> int:
     try:
         import uvicorn
 
-        from ..evaluate.runner import Loaded
+        from ..models.loaded import Loaded
         from .engine import Engine, pick_device
 
         loaded = Loaded(args.model, device=pick_device(args.device))  # an unknown model fails here, before serving
-        context = getattr(loaded.model.config, "max_position_embeddings", None)
+        context = loaded.context
         if args.max_input_tokens and context and args.max_input_tokens >= context:
             raise ServeError(f"--max-input-tokens {args.max_input_tokens} leaves no room for a reply in the "
                              f"model's context of {context} tokens")

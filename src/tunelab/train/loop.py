@@ -1,9 +1,10 @@
-"""The training loop: one explicit loop for every method, optimizer and device layout.
+"""The training loop: one explicit loop for every method, optimizer, stage and device layout.
 
-Read top to bottom, `fit` does in order: plan the epoch's steps, run each step's micro-batches
-(forward, loss, backward), clip, optimizer and scheduler step, log, evaluate, checkpoint. Methods
-(full, freeze, LoRA, QLoRA, ...) only change which parameters are trainable; accelerate supplies
-devices, mixed precision and data parallelism (DDP, FSDP, DeepSpeed) without changing this code.
+Read top to bottom, `fit` does in order: take the epoch's planned steps, run each step's
+micro-batches (forward, loss, backward), clip, optimizer and scheduler step, log, evaluate,
+checkpoint. Methods (full, freeze, LoRA, QLoRA, ...) only change which parameters are trainable; the
+stage's objective (objectives.py) builds batches, counts loss tokens and supplies the loss module;
+accelerate supplies devices, mixed precision and data parallelism.
 
 Loss normalisation: each step's loss is the sum of token losses over the *whole* accumulated batch
 (all micro-batches, all processes) divided by its number of supervised tokens. So batch 8 x 1
@@ -13,145 +14,173 @@ common mean-per-micro-batch, which over-weights short examples.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..data.batching import collate_packed, collate_padded, step_plan
-from ..data.render import IGNORE_INDEX
-from . import checkpoint as ckpt
+from .. import rundir
+from ..data.batching import step_plan
 from ..errors import TrainingDiverged
-from .metrics import MetricsLogger, peak_memory_mb
+from ..memory import peak_memory_mb
+from . import checkpoint as ckpt
+from .metrics import MetricsLogger
 
 
-def _collate(ds: Any, units: list[list[int]], *, packing: bool, pad_id: int) -> dict[str, torch.Tensor]:
-    idx = [i for u in units for i in u]
-    rows = ds[idx] if idx else {"input_ids": [], "labels": []}
-    examples = [{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])]
-    if packing:
-        it = iter(examples)
-        return collate_packed([[next(it) for _ in u] for u in units], pad_id)
-    return collate_padded(examples, pad_id)
+class StepPlan:
+    """Each epoch as optimizer steps -> micro-batches -> units -> example indices (data/batching.py),
+    computed once per epoch; epoch e is shuffled with seed + e, the same on every process."""
+
+    def __init__(self, lengths: list[int], *, packing: bool, max_length: int, batch_size: int, grad_accum: int,
+                 world_size: int, seed: int):
+        self.lengths, self.seed = lengths, seed
+        self.kwargs = dict(packing=packing, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum,
+                           world_size=world_size, drop_last=world_size > 1)
+        self._cached: tuple[int, list] | None = None
+
+    def epoch(self, e: int) -> list:
+        if self._cached is None or self._cached[0] != e:
+            self._cached = (e, step_plan(self.lengths, seed=self.seed + e, **self.kwargs))
+        return self._cached[1]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.epoch(0))
 
 
-def _supervised(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+@dataclass
+class FitSettings:
+    total_steps: int
+    max_grad_norm: float = 1.0  # 0: no clipping
+    log_every: int = 10
+    eval_every: int = 50  # 0: only at epoch ends and at the end
+    save_every: int = 100  # 0: only the best and the last checkpoint
+    keep_last: int = 2
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
 
 
-def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())  # packed rows: padding only at a row's end, negligible
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint's state.json and restored on resume."""
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    bad_evals: int = 0
+    epoch_times_s: list[float] = field(default_factory=list)
+    train_time_s: float = 0.0
+    epoch_time_s: float = 0.0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    last_train_loss: float | None = None
+    last_val_loss: float | None = None
+    last_eval_step: int | None = None
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def evaluate_loss(accelerator: Any, loss_module: torch.nn.Module, ds: Any, *, packing: bool, max_length: int,
-                  batch_size: int, pad_id: int) -> float:
+def evaluate_loss(accelerator: Any, module: torch.nn.Module, objective: Any, ds: Any, plan: StepPlan) -> float:
     """Validation loss = sum of token losses / number of supervised tokens over the whole set."""
     if ds is None or len(ds) == 0:
         return float("nan")
-    lengths = [len(x) for x in ds["input_ids"]]
     world, rank = accelerator.num_processes, accelerator.process_index
-    module = accelerator.unwrap_model(loss_module)  # no DDP collectives: ranks may run unequal batches
-    module.eval()
+    val_plan = StepPlan([len(x) for x in ds["input_ids"]], packing=plan.kwargs["packing"],
+                        max_length=plan.kwargs["max_length"], batch_size=plan.kwargs["batch_size"], grad_accum=1,
+                        world_size=1, seed=0)
+    unwrapped = accelerator.unwrap_model(module)  # no DDP collectives: ranks may run unequal batches
+    unwrapped.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     with torch.no_grad(), accelerator.autocast():
-        for step in step_plan(lengths, packing=packing, max_length=max_length, batch_size=batch_size, seed=0):
+        for step in val_plan.epoch(0):
             for units in step[rank::world]:
-                batch = {k: v.to(accelerator.device) for k, v in _collate(ds, units, packing=packing, pad_id=pad_id).items()}
-                loss, n = module(**batch)
+                batch = {k: v.to(accelerator.device) for k, v in objective.collate(ds, units).items()}
+                loss, n = unwrapped(**batch)
                 total += torch.stack([loss.double(), n.double()])
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def fit(
-    accelerator: Any, model: torch.nn.Module, loss_module: torch.nn.Module, optimizer: Any, scheduler: Any,
-    train_ds: Any, val_ds: Any, *, run_dir: Path, packing: bool, max_length: int, batch_size: int,
-    grad_accum: int, total_steps: int, max_grad_norm: float, log_every: int, eval_every: int, save_every: int,
-    keep_last: int, patience: int, seed: int, pad_id: int, logger: MetricsLogger, resume_from: Path | None = None,
-    callbacks: tuple[Callable[[int, dict], None], ...] = (),
-) -> dict[str, Any]:
+def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objective: Any, optimizer: Any,
+        scheduler: Any, train_ds: Any, val_ds: Any, plan: StepPlan, settings: FitSettings, *, run_dir: Path,
+        logger: MetricsLogger, resume_from: Path | None = None,
+        callbacks: tuple[Callable[[int, TrainState], None], ...] = ()) -> TrainState:
+    """Train `module` (the objective's wrapper of `model`, prepared by accelerate) for settings.total_steps."""
+    s = settings
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
-    lengths = [len(x) for x in train_ds["input_ids"]]
-
-    def plan(epoch: int) -> list:
-        return step_plan(lengths, packing=packing, max_length=max_length, batch_size=batch_size,
-                         grad_accum=grad_accum, world_size=world, seed=seed + epoch, drop_last=world > 1)
-
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val": math.inf, "best_step": None,
-                             "bad_evals": 0, "epoch_times_s": [], "train_time_s": 0.0, "epoch_time_s": 0.0,
-                             "tokens": 0, "supervised_tokens": 0, "last_train_loss": None, "last_val_loss": None,
-                             "stopped_early": False}
+    state = TrainState()
     if resume_from is not None:
-        state.update(ckpt.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler))
-        accelerator.print(f"[tunelab] resumed from {resume_from} at step {state['step']}")
+        state = TrainState.from_dict(ckpt.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler))
+        accelerator.print(f"[tunelab] resumed from {resume_from} at step {state.step}")
     params = [p for p in model.parameters() if p.requires_grad]
-    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir = Path(run_dir) / rundir.CHECKPOINTS
     has_val = val_ds is not None and len(val_ds) > 0
 
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
         if main:
-            ckpt.save(ckpt_dir, step=state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                      state=state, keep_last=keep_last, best_step=state["best_step"])
+            ckpt.save(ckpt_dir, step=state.step, model=model, optimizer=optimizer, scheduler=scheduler,
+                      state=state.as_dict(), keep_last=s.keep_last, best_step=state.best_step)
         accelerator.wait_for_everyone()
+
+    def epoch_progress() -> float:
+        return round(state.epoch + state.step_in_epoch / max(1, len(plan.epoch(state.epoch))), 4)
 
     def run_eval() -> bool:
         """Evaluate; return True when early stopping says stop."""
-        val = evaluate_loss(accelerator, loss_module, val_ds, packing=packing, max_length=max_length,
-                            batch_size=batch_size, pad_id=pad_id)
-        state["last_val_loss"] = val
-        state["last_eval_step"] = state["step"]
+        val = evaluate_loss(accelerator, module, objective, val_ds, plan)
+        state.last_val_loss, state.last_eval_step = val, state.step
         mem, _ = peak_memory_mb(accelerator.device)
-        logger.log({"step": state["step"], "epoch": round(state["epoch"] + state["step_in_epoch"] / n_steps, 4),
-                    "split": "val", "loss": val, "peak_mem_mb": round(mem, 1),
-                    "elapsed_s": round(state["train_time_s"], 3)})
-        if val < state["best_val"]:
-            state.update(best_val=val, best_step=state["step"], bad_evals=0)
+        logger.log({"step": state.step, "epoch": epoch_progress(), "split": "val", "loss": val,
+                    "peak_mem_mb": round(mem, 1), "elapsed_s": round(state.train_time_s, 3)})
+        if val < state.best_val:
+            state.best_val, state.best_step, state.bad_evals = val, state.step, 0
             save_checkpoint()  # the best checkpoint is kept by pruning
             return False
-        state["bad_evals"] += 1
-        return bool(patience) and state["bad_evals"] >= patience
+        state.bad_evals += 1
+        return bool(s.patience) and state.bad_evals >= s.patience
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not main, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=s.total_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
     window = {"loss": 0.0, "sup": 0, "tokens": 0, "time": 0.0}
     stop = False
-    n_steps = len(plan(state["epoch"]))
-    if n_steps == 0:
-        raise ValueError(f"the training set ({len(lengths)} examples) is smaller than one step's batch "
-                         f"({batch_size} x {grad_accum} x {world} processes)")
-    while state["step"] < total_steps and not stop:
-        steps = plan(state["epoch"])
-        for k in range(state["step_in_epoch"], len(steps)):
+    while state.step < s.total_steps and not stop:
+        steps = plan.epoch(state.epoch)
+        for k in range(state.step_in_epoch, len(steps)):
             t0 = time.perf_counter()
-            micro = [
-                {key: v.to(accelerator.device) for key, v in _collate(train_ds, units, packing=packing, pad_id=pad_id).items()}
-                for units in steps[k][rank::world]
-            ]
-            counts = torch.tensor([sum(_supervised(b) for b in micro), sum(_real_tokens(b) for b in micro)],
+            micro = [{key: v.to(accelerator.device) for key, v in objective.collate(train_ds, units).items()}
+                     for units in steps[k][rank::world]]
+            counts = torch.tensor([sum(objective.count(b)[i] for b in micro) for i in (0, 1)],
                                   dtype=torch.float64, device=accelerator.device)
             n_sup, n_tok = accelerator.reduce(counts, "sum").tolist()
 
             # forward, loss, backward over the micro-batches; gradients sync on the last one only
-            loss_module.train()
+            module.train()
             step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
+                with contextlib.nullcontext() if sync else accelerator.no_sync(module):
                     with accelerator.autocast():
-                        loss_sum, _ = loss_module(**batch)
+                        loss_sum, _ = module(**batch)
                     # DDP averages gradients over processes; scaling by `world` turns that into a sum
                     accelerator.backward(loss_sum * (world / max(n_sup, 1)))
                 step_loss += loss_sum.detach().double()
 
-            if max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+            if s.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(params, s.max_grad_norm))
             else:
                 grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
             lr = scheduler.get_last_lr()[0]
@@ -160,18 +189,17 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
 
             loss_value = accelerator.reduce(step_loss, "sum").item() / max(n_sup, 1)
-            state["step"] += 1
-            state["step_in_epoch"] = k + 1
+            state.step += 1
+            state.step_in_epoch = k + 1
             if not math.isfinite(loss_value):
-                last = ckpt.latest(ckpt_dir)
-                raise TrainingDiverged(f"loss is {loss_value} at step {state['step']}; training stopped. "
-                                       f"Last good checkpoint: {last or 'none'}")
+                raise TrainingDiverged(f"loss is {loss_value} at step {state.step}; training stopped. "
+                                       f"Last good checkpoint: {ckpt.latest(ckpt_dir) or 'none'}")
             dt = time.perf_counter() - t0
-            state["train_time_s"] += dt
-            state["epoch_time_s"] += dt
-            state["tokens"] += int(n_tok)
-            state["supervised_tokens"] += int(n_sup)
-            state["last_train_loss"] = loss_value
+            state.train_time_s += dt
+            state.epoch_time_s += dt
+            state.tokens += int(n_tok)
+            state.supervised_tokens += int(n_sup)
+            state.last_train_loss = loss_value
             window["loss"] += loss_value * n_sup
             window["sup"] += n_sup
             window["tokens"] += n_tok
@@ -179,35 +207,34 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{n_tok / dt:.0f}")
 
-            if state["step"] % log_every == 0 or state["step"] == total_steps:
+            if state.step % s.log_every == 0 or state.step == s.total_steps:
                 mem, _ = peak_memory_mb(accelerator.device)
-                logger.log({"step": state["step"], "epoch": round(state["epoch"] + (k + 1) / len(steps), 4),
-                            "split": "train", "loss": window["loss"] / max(window["sup"], 1), "lr": lr,
-                            "grad_norm": grad_norm, "tokens": int(window["tokens"]),
-                            "supervised_tokens": int(window["sup"]),
+                logger.log({"step": state.step, "epoch": epoch_progress(), "split": "train",
+                            "loss": window["loss"] / max(window["sup"], 1), "lr": lr, "grad_norm": grad_norm,
+                            "tokens": int(window["tokens"]), "supervised_tokens": int(window["sup"]),
                             "tokens_per_s": round(window["tokens"] / window["time"], 2),
                             "supervised_tokens_per_s": round(window["sup"] / window["time"], 2),
-                            "peak_mem_mb": round(mem, 1), "elapsed_s": round(state["train_time_s"], 3)})
+                            "peak_mem_mb": round(mem, 1), "elapsed_s": round(state.train_time_s, 3)})
                 window = {"loss": 0.0, "sup": 0, "tokens": 0, "time": 0.0}
-            if eval_every and state["step"] % eval_every == 0 and has_val:
+            if s.eval_every and state.step % s.eval_every == 0 and has_val:
                 stop = run_eval()
-            if save_every and state["step"] % save_every == 0 and state["best_step"] != state["step"]:
+            if s.save_every and state.step % s.save_every == 0 and state.best_step != state.step:
                 save_checkpoint()
             for cb in callbacks:
-                cb(state["step"], state)
-            if stop or state["step"] >= total_steps:
+                cb(state.step, state)
+            if stop or state.step >= s.total_steps:
                 break
-        if state["step_in_epoch"] == len(steps):  # the epoch is complete
-            state["epoch_times_s"].append(round(state["epoch_time_s"], 3))
-            state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_time_s=0.0)
-            if has_val and state.get("last_eval_step") != state["step"]:
+        if state.step_in_epoch == len(steps):  # the epoch is complete
+            state.epoch_times_s.append(round(state.epoch_time_s, 3))
+            state.epoch, state.step_in_epoch, state.epoch_time_s = state.epoch + 1, 0, 0.0
+            if has_val and state.last_eval_step != state.step:
                 stop = run_eval() or stop
     bar.close()
-    if has_val and state.get("last_eval_step") != state["step"]:
+    if has_val and state.last_eval_step != state.step:
         run_eval()
-    if state["step_in_epoch"]:  # a partial last epoch still has a time
-        state["epoch_times_s"].append(round(state["epoch_time_s"], 3))
-    state["stopped_early"] = stop
-    if not (ckpt.list_steps(ckpt_dir) and ckpt.list_steps(ckpt_dir)[-1] == state["step"]):
+    if state.step_in_epoch:  # a partial last epoch still has a time
+        state.epoch_times_s.append(round(state.epoch_time_s, 3))
+    state.stopped_early = stop
+    if not (ckpt.list_steps(ckpt_dir) and ckpt.list_steps(ckpt_dir)[-1] == state.step):
         save_checkpoint()
     return state

@@ -1,7 +1,7 @@
 """Fine-tuning methods: how a loaded causal LM becomes trainable.
 
     check_supported("qlora", device="cpu", precision="fp32")      # before anything is loaded
-    model = load_model(ref, quantization_config=quantization_config())  # qlora only
+    model = load_model(ref, quantization_config=quantization_config())  # qlora only (models/load.py)
     model = apply_method(model, method="qlora", lora_r=16, target_modules=["all-linear"])
     print(describe(model, "qlora"))     # method qlora: trainable 1,234 / total 5,678 (0.02%)
 
@@ -24,7 +24,6 @@ from torch import nn
 from ..errors import MethodError
 
 METHODS = ("full", "freeze", "lora", "lora_plus", "dora", "qlora")
-LORA_METHODS = ("lora", "lora_plus", "dora", "qlora")
 # Names of the ModuleList holding the decoder blocks: Llama/Qwen/Mistral "layers", GPT-2 "h",
 # several others "blocks".
 LAYER_LIST_NAMES = ("layers", "h", "blocks")
@@ -54,15 +53,6 @@ def check_supported(method: str, *, device: str, precision: str) -> None:
             raise MethodError(f"method qlora: this bitsandbytes build cannot quantize to 4 bits on {device} "
                               f"({type(e).__name__}: {e}); install a bitsandbytes with a {device} backend "
                               "(>= 0.45 for CPU), or use method=lora") from None
-
-
-def quantization_config(*, quant_type: str = "nf4", double_quant: bool = True,
-                        compute_dtype: torch.dtype = torch.float32) -> Any:
-    """The 4-bit BitsAndBytesConfig for `load_model(ref, quantization_config=...)` (QLoRA)."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
 def _leaf(name: str) -> str:

@@ -2,25 +2,13 @@
 
 Each line of `metrics.jsonl` is one JSON object with at least `step`, `epoch`, `split`
 (`train`/`val`), `loss`, `lr`, `grad_norm`, `tokens`, `tokens_per_s`, `peak_mem_mb`, `elapsed_s`.
-Peak memory is measured the same way for every method: `torch.cuda.max_memory_allocated` on a GPU,
-the process's peak resident set size on CPU (`peak_mem_kind` in the summary says which).
+Peak memory comes from `tunelab.memory` (one measurement for every command).
 """
 from __future__ import annotations
 
 import json
-import resource
-import sys
 from pathlib import Path
 from typing import Any
-
-import torch
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu_peak_rss"
 
 
 class MetricsLogger:

@@ -9,7 +9,7 @@ import torch
 
 from tunelab.data.batching import collate_packed, collate_padded
 from tunelab.data.render import IGNORE_INDEX
-from tunelab.train.loss import CausalLMLoss, chunked_ce, reference_loss
+from tunelab.models.loss import CausalLMLoss, chunked_ce, reference_loss
 
 
 def _examples(n=5, seed=0):

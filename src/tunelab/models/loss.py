@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..data.batching import supervised_mask
 from ..data.render import IGNORE_INDEX
 
 
@@ -69,7 +70,7 @@ class CausalLMLoss(torch.nn.Module):
                                  use_cache=False)
         hidden = out.last_hidden_state[:, :-1]
         targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
+        keep = supervised_mask(labels)
         n_tokens = keep.sum()
         loss = chunked_ce(base.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
         return loss, n_tokens
@@ -82,4 +83,4 @@ def reference_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, (targets != IGNORE_INDEX).sum()
+    return loss, supervised_mask(batch["labels"]).sum()

@@ -1,0 +1,110 @@
+"""Rollouts on a task: generate for every item, grade with the task's scorer, write files as it goes.
+
+    results = rollouts(loaded, task, items, out, GenerationSettings(max_new_tokens=256), backend="hf")
+
+It writes `<out>/predictions.jsonl` (one row per item and sample, appended as soon as its batch is
+done, so an interrupted evaluation continues where it stopped) and `<out>/results.json` (task,
+model, n, the scorer's metrics, generation settings, template, timing). Use it through
+`evaluate.run.evaluate`, the one entry point that `tunelab eval`, experiments and sweeps share.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .generate import GenerationSettings
+from .scorers import get_scorer
+from .tasks import Item, Task
+
+
+def slug(ref: str) -> str:
+    """A model reference as a directory name: `runs/a/b` -> `runs__a__b`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", ref.strip("/").replace("/", "__"))[-80:] or "model"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of `path` ([] when absent); a malformed line is an error naming it."""
+    rows = []
+    if not path.exists():
+        return rows
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: malformed JSON line ({e.msg}); fix or delete the line to continue") from None
+    return rows
+
+
+def make_generator(loaded: Any, backend: str = "hf") -> Any:
+    """The rollout engine: transformers' batched `generate`, or vLLM's."""
+    if backend == "vllm":
+        from .vllm_backend import VllmGenerator
+
+        return VllmGenerator(loaded.path, loaded.meta, loaded.tokenizer, loaded.stop_ids, dtype=loaded.dtype)
+    from .generate import Generator
+
+    return Generator(loaded.model, loaded.tokenizer, loaded.stop_ids)
+
+
+def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: GenerationSettings, *,
+             backend: str = "hf", export_review: Path | None = None) -> dict[str, Any]:
+    scorer = get_scorer(task.scorer)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / "predictions.jsonl"
+    rows = read_rows(pred_path)
+    by_id = {it.id: k for k, it in enumerate(items)}
+    done = {(by_id[r["id"]], r["sample"]) for r in rows if r["id"] in by_id}
+    if done:
+        print(f"[tunelab] {loaded.ref}: {len(done)} predictions already in {pred_path}; continuing", flush=True)
+    prompts = [loaded.renderer.render_prompt(it.messages) for it in items]
+    texts = [loaded.renderer.prompt_text(it.messages) for it in items]
+    gen = make_generator(loaded, backend)
+    t0 = time.perf_counter()
+    new_tokens = 0
+
+    def write(batch: list[int], sample: int, results: list[tuple[str, int]]) -> None:
+        nonlocal new_tokens
+        with pred_path.open("a", encoding="utf-8") as f:
+            for i, (text, n_tok) in zip(batch, results):
+                it = items[i]
+                row = {"id": it.id, "sample": sample, "prompt": texts[i], "prediction": text, "gold": it.gold,
+                       **scorer.score(text, it.gold), "tokens": n_tok, "meta": it.meta}
+                row.setdefault("extracted", None)
+                row.setdefault("correct", None)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
+                new_tokens += n_tok
+
+    gen.generate(prompts, settings, on_batch=write, skip=done)
+    seconds = time.perf_counter() - t0
+    rows = [r for r in rows if r["id"] in by_id]
+    metrics = scorer.aggregate(rows, settings.n, task.breakdown)
+    results = {"task": task.name, "description": task.description, "scorer": scorer.name, **loaded.describe(),
+               "backend": backend, **metrics, "generation": settings.as_dict(),
+               "timing": {"seconds": round(seconds, 2), "generated_tokens": new_tokens,
+                          "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 and new_tokens else None}}
+    if loaded.warning:
+        results["warning"] = loaded.warning
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    if export_review is not None:
+        write_review(export_review, rows)
+    return results
+
+
+def write_review(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A CSV for people to score: knowledge accuracy, logical coherence, clarity (1-5), left empty."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8-sig") as f:  # BOM: Excel opens Chinese text right
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "answer", "gold", "knowledge_accuracy", "logical_coherence", "clarity", "notes"])
+        for r in rows:
+            if r["sample"] == 0:
+                w.writerow([r["id"], r["prompt"], r["prediction"], r["gold"], "", "", "", ""])

@@ -1,0 +1,150 @@
+"""The one evaluation entry point: a model reference and a task in, results and predictions out.
+
+    from tunelab.evaluate.run import EvalSettings, evaluate
+    results = evaluate("runs/quickstart", "arith_en", out=Path("runs/eval/arith_en"),
+                       settings=EvalSettings(limit=40, max_new_tokens=256))
+
+`tunelab eval`, the variants of `tunelab run` and a sweep's `eval:TASK:METRIC` objective all call
+`evaluate`, so one model on one task with the same settings gets the same prompt (the training
+renderer, the trained system prompt and instruction), the same generation settings and the same
+scorer everywhere. Generation tasks write `predictions.jsonl` + `results.json`; `perplexity` and
+`efficiency` write `results.json`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError
+from .generate import GenerationSettings
+from .tasks import Item, Task, get_task
+
+BACKENDS = ("hf", "vllm")
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None = None  # first N items
+    data: str | None = None  # the task's data replaced by this source (required for perplexity)
+    max_new_tokens: int | None = None  # None: the task's own value, else 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt (pass@k)
+    seed: int = 0
+    batch_size: int = 16
+    backend: str = "hf"  # hf | vllm
+    template: str | None = None  # override the trained chat template (warns)
+    enable_thinking: bool | None = None
+    max_length: int = 1024  # perplexity: context window
+    stride: int = 512  # perplexity: sliding-window stride
+    prompt_tokens: int = 128  # efficiency: prompt length
+
+    def __post_init__(self) -> None:
+        checks = [("limit", self.limit is None or self.limit >= 1, "at least 1"),
+                  ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "at least 1"),
+                  ("temperature", self.temperature >= 0, ">= 0"), ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("n", self.n >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+                  ("backend", self.backend in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+                  ("max_length", self.max_length >= 2, "at least 2"),
+                  ("stride", 1 <= self.stride <= self.max_length, "between 1 and max_length"),
+                  ("prompt_tokens", self.prompt_tokens >= 1, "at least 1")]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"evaluation setting '{key}' (--{key.replace('_', '-')}) must be {expected}, "
+                                  f"got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "evaluation") -> "EvalSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def generation(self, task: Task) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens or task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                                  temperature=self.temperature, top_p=self.top_p, n=self.n, seed=self.seed,
+                                  batch_size=self.batch_size)
+
+
+def check(task: Task, settings: EvalSettings) -> None:
+    """What can be refused before any model loads."""
+    if settings.backend == "vllm":
+        if task.kind != "generate":
+            raise DataError(f"--backend vllm is for rollouts; task '{task.name}' runs with transformers")
+        from .vllm_backend import check_available
+
+        check_available()
+    if task.kind == "perplexity" and not settings.data:
+        raise DataError("task perplexity needs --data FILE (text or conversations, any supported format)")
+
+
+def load(ref: str, settings: EvalSettings) -> Any:
+    """The model as evaluation uses it (vLLM loads the weights itself)."""
+    from ..models.loaded import Loaded
+
+    loaded = Loaded(ref, template=settings.template, enable_thinking=settings.enable_thinking,
+                    load_weights=settings.backend != "vllm")
+    if settings.backend == "vllm":
+        from .vllm_backend import engine_args
+
+        engine_args(loaded.path, loaded.meta)  # refuses DoRA/QLoRA adapters with the way out
+    return loaded
+
+
+def task_items(task: Task, loaded: Any, settings: EvalSettings) -> list[Item]:
+    """A task's items, asked the way the model was trained (its system prompt and math instruction)."""
+    return task.items(limit=settings.limit, source=settings.data, system_prompt=loaded.system_prompt,
+                      instruction=loaded.task_instruction)
+
+
+def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSettings | None = None,
+             items: list[Item] | None = None, export_review: Path | None = None) -> dict[str, Any]:
+    """Evaluate `model` (a reference, or an already loaded `models.loaded.Loaded`) on `task`.
+
+    `items` replaces the task's own items (an experiment's held-out split); otherwise they come
+    from the task's data with the model's trained prompt settings."""
+    settings = settings or EvalSettings()
+    task = get_task(task) if isinstance(task, str) else task
+    check(task, settings)
+    loaded = load(model, settings) if isinstance(model, str) else model
+    out = Path(out)
+    if task.kind == "perplexity":
+        return _perplexity(loaded, task, settings, out)
+    if task.kind == "efficiency":
+        return _efficiency(loaded, task, settings, out)
+    from .rollout import rollouts
+
+    if items is None:
+        items = task_items(task, loaded, settings)
+    return rollouts(loaded, task, items, out, settings.generation(task), backend=settings.backend,
+                    export_review=export_review)
+
+
+def _write(out: Path, res: dict[str, Any]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
+    return res
+
+
+def _perplexity(loaded: Any, task: Task, settings: EvalSettings, out: Path) -> dict[str, Any]:
+    from ..data.clean import normalise
+    from ..data.sources import load_conversations
+    from .perplexity import perplexity
+
+    examples = [normalise(e) for e in load_conversations(settings.data, limit=settings.limit)]
+    res = {"task": task.name, "data": settings.data, **loaded.describe(),
+           **perplexity(loaded.model, loaded.renderer, examples, max_length=settings.max_length,
+                        stride=settings.stride)}
+    return _write(out, res)
+
+
+def _efficiency(loaded: Any, task: Task, settings: EvalSettings, out: Path) -> dict[str, Any]:
+    from .efficiency import measure
+
+    rows = measure(loaded.model, loaded.tokenizer, prompt_tokens=settings.prompt_tokens,
+                   new_tokens=settings.max_new_tokens or 32)
+    return _write(out, {"task": task.name, **loaded.describe(), "rows": rows})

@@ -1,0 +1,107 @@
+"""The run directory: the contract between `train` and every command that reads its results.
+
+    run/
+      config.yaml        the resolved config (tunelab.config)
+      metrics.jsonl      one JSON object per logged step (train/metrics.py)
+      summary.json       totals, peak memory, losses, ... (train/recipe.py)
+      data_stats.json    the prepared data's statistics
+      model/             a transformers model, or a PEFT adapter, with tokenizer + tunelab.json
+      checkpoints/       step-NNNNNN/ (train/checkpoint.py)
+      error.txt          why an experiment's variant failed
+      eval/              results of evaluations run on it (sweeps)
+
+Every package asks this module for file names, the metadata beside a model (`tunelab.json`: base
+model, method, template, quantization), the base model of an adapter and the quantization it was
+trained with, so no two commands read a run two ways. Plain files only: importing it loads nothing
+heavy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+DATA_STATS = "data_stats.json"
+MODEL = "model"
+CHECKPOINTS = "checkpoints"
+ERROR = "error.txt"
+EVAL = "eval"
+TENSORBOARD = "tensorboard"
+META = "tunelab.json"  # beside the weights in model/ (and in an export)
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
+
+
+def model_dir(path: str | Path) -> Path:
+    """The directory holding the weights: a run's `model/`, or `path` itself (a model directory)."""
+    path = Path(path)
+    if (path / MODEL).is_dir() and not (path / "config.json").exists():
+        return path / MODEL
+    return path
+
+
+def is_adapter(model_path: str | Path) -> bool:
+    return (Path(model_path) / ADAPTER_CONFIG).is_file()
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in `path`, or None when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_metadata(model_path: str | Path) -> dict[str, Any]:
+    """`tunelab.json` beside a trained model (base model, method, template, ...), or {}."""
+    return read_json(Path(model_path) / META) or {}
+
+
+def write_metadata(model_path: str | Path, meta: dict[str, Any]) -> None:
+    (Path(model_path) / META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def build_metadata(*, base_model: str, tokenizer: str, method: str, stage: str, template: str,
+                   enable_thinking: bool, supervise: str, from_scratch: bool,
+                   quantization: dict[str, Any] | None) -> dict[str, Any]:
+    """What later commands need to use a trained model exactly as it was trained."""
+    from . import __version__
+
+    return {"quantization": quantization, "base_model": base_model, "tokenizer": tokenizer, "method": method,
+            "stage": stage, "template": template, "enable_thinking": enable_thinking, "supervise": supervise,
+            "from_scratch": from_scratch, "tunelab_version": __version__}
+
+
+def adapter_base(model_path: str | Path) -> str | None:
+    """The model reference an adapter was trained on: tunelab's record, else PEFT's own field."""
+    model_path = Path(model_path)
+    base = read_metadata(model_path).get("base_model")
+    if not base and is_adapter(model_path):
+        base = (read_json(model_path / ADAPTER_CONFIG) or {}).get("base_model_name_or_path")
+    return str(base) if base else None
+
+
+def quantization(model_path: str | Path) -> dict[str, Any] | None:
+    """The 4-bit settings a QLoRA adapter was trained with ({quant_type, double_quant, compute_dtype})."""
+    return read_metadata(model_path).get("quantization") or None
+
+
+def read_config(run_dir: str | Path) -> Any:
+    """The run's resolved `tunelab.config.Config`, or None when `run_dir` has no config.yaml."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    from . import config as C
+
+    return C.load(path)
+
+
+def save_model(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any]) -> None:
+    """A transformers model dir (full/freeze) or a PEFT adapter dir, plus tokenizer and metadata,
+    written to a temporary sibling and renamed when complete."""
+    from .paths import atomic_dir
+
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_metadata(tmp, meta)
