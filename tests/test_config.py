@@ -78,3 +78,56 @@ def test_accelerate_configs_are_valid(path):
     cfg = yaml.safe_load(text)
     assert cfg["distributed_type"] in ("FSDP", "DEEPSPEED", "MULTI_GPU")
     assert cfg["num_processes"] >= cfg["num_machines"] >= 1
+
+
+def test_registry_names_in_the_schema_equal_the_registries():
+    """The config checks names at load time without importing torch; the lists must stay the registries'."""
+    import typing
+
+    from tunelab.data.formats import FORMATS
+    from tunelab.data.templates import TEMPLATES
+    from tunelab.train.methods import METHODS
+    from tunelab.train.optim import OPTIMIZERS, SCHEDULES
+
+    assert set(typing.get_args(C.Format)) == {"auto", *FORMATS}
+    assert set(typing.get_args(C.Template)) == {"auto", "tokenizer", *TEMPLATES}
+    assert set(typing.get_args(C.Method)) == set(METHODS)
+    assert set(typing.get_args(C.Optimizer)) == set(OPTIMIZERS)
+    assert set(typing.get_args(C.Schedule)) == set(SCHEDULES)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.batch_size=0", "'training.batch_size': expected at least 1, got 0"),
+    ("training.grad_accum=0", "'training.grad_accum': expected at least 1, got 0"),
+    ("optimizer.lr=-1e-3", "'optimizer.lr': expected above 0, got -0.001"),
+    ("schedule.warmup_ratio=3", "'schedule.warmup_ratio': expected in [0, 1], got 3.0"),
+    ("method.lora_r=0", "'method.lora_r': expected at least 1, got 0"),
+    ("optimizer.betas=[0.9]", "'optimizer.betas': expected two numbers in [0, 1)"),
+    ("training.keep_last=0", "'training.keep_last': expected at least 1"),
+    ("optimizer.name=adam", "'optimizer.name': expected one of 'adamw', 'sgd'"),
+    ("schedule.name=step", "'schedule.name': expected one of 'constant', 'linear', 'cosine'"),
+    ("data.format=csv", "'data.format': expected one of 'auto', 'alpaca'"),
+    ("output.report_to=[tensorboard]", "'output.report_to[0]': expected one of 'wandb', 'swanlab'"),
+    ("data.val_size=1.5", "'data.val_size': expected a fraction in [0, 1) or a whole count"),
+    ("evaluation.top_p=0", "'evaluation.top_p': expected in (0, 1]"),
+])
+def test_bad_values_are_refused_at_load_time(override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(REPO / "configs/quickstart.yaml", [override])
+    assert message in str(e.value) and "quickstart.yaml" in str(e.value)
+
+
+def test_bad_value_exits_2_before_anything_loads(tmp_path, capsys):
+    from tunelab.cli import main
+
+    assert main(["train", str(REPO / "configs/quickstart.yaml"), "training.batch_size=0",
+                 f"output.dir={tmp_path / 'run'}"]) == 2
+    assert "config key 'training.batch_size': expected at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_key_is_documented_and_the_readme_table_is_current():
+    rows = C.describe()
+    assert len(rows) > 60 and all(doc for _, _, _, doc in rows), [k for k, _, _, d in rows if not d]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert C.markdown_table() in readme, "README's config table is stale: paste `tunelab config --markdown`"

@@ -3,6 +3,7 @@
     tunelab --help                       # never imports torch
     tunelab models                       # built-in offline models: installed? cached? size, origin
     tunelab data                         # built-in data sets and where they are found
+    tunelab config [CONFIG [k=v ...]]    # every config key and its meaning, or a config resolved and checked
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
     tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
     tunelab eval --model M --task T      # rollouts with the training template, grading, metrics
@@ -13,6 +14,8 @@
     tunelab chat MODEL|RUN_DIR           # multi-turn chat in the terminal (or piped stdin), streamed
     tunelab serve MODEL|RUN_DIR          # OpenAI-compatible HTTP server (/v1/chat/completions)
     tunelab export RUN_DIR --output DIR  # merge a LoRA/DoRA adapter into a plain transformers model
+    tunelab tokenizer train CORPUS... --vocab-size N --output DIR   # byte-level BPE + ChatML template
+    tunelab tokenizer compare DIR_OR_NAME... --data SOURCE...       # chars/bytes per token per language
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -56,6 +59,31 @@ def _cmd_data(args: argparse.Namespace) -> int:
         found = "generated" if filename is None else ("yes" if root and (root / filename).exists() else "no")
         table.add_row(name, fmt, found, desc)
     Console().print(table)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Without a file: every config key with its type, default and meaning. With one: the resolved,
+    validated config as YAML (what `train` would save as config.yaml)."""
+    from . import config as C
+
+    if args.markdown:
+        print(C.markdown_table())
+        return 0
+    if args.config is None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="config keys (defaults -> YAML file -> key=value overrides)")
+        for col in ("key", "type", "default", "meaning"):
+            table.add_column(col, overflow="fold")
+        for row in C.describe():
+            table.add_row(*row)
+        Console().print(table)
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(C.to_dict(C.load(args.config, args.overrides)), sort_keys=False, allow_unicode=True), end="")
     return 0
 
 
@@ -212,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands["models"] = _cmd_models
     p = sub.add_parser("data", help="list the built-in data sets")
     commands["data"] = _cmd_data
+    p = sub.add_parser("config", help="every config key with its meaning, or a config file resolved and checked")
+    p.add_argument("config", nargs="?", help="YAML config to resolve and check (omit to list every key)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--markdown", action="store_true", help="the key table as Markdown (the README's)")
+    commands["config"] = _cmd_config
     p = sub.add_parser("prepare", help="render a data set into token ids and loss masks (train/validation)")
     _add_config_args(p)
     p.add_argument("--output", help="output directory (default: <output.dir>/data)")
@@ -302,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype (default auto: the dtype the base model was saved in)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     commands["export"] = _cmd_export
+    from .tokenizer.command import add_parsers as add_tokenizer_parsers  # argparse only: --help stays light
+
+    commands["tokenizer"] = add_tokenizer_parsers(sub)
     parser.set_defaults(_commands=commands)
     return parser
 

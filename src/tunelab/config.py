@@ -30,124 +30,196 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
           "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 DType = Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"]
 
+# Registry names, spelled here so that a config is checked when it is loaded, before anything heavy is
+# imported; tests/test_config.py checks that each list equals its registry (data/formats.py FORMATS,
+# data/templates.py TEMPLATES, train/optim.py OPTIMIZERS and SCHEDULES, train/methods.py METHODS).
+Format = Literal["auto", "alpaca", "belle_math", "belle_seed", "belle_multiturn", "sharegpt", "openai", "math",
+                 "gsm8k", "cmath", "arith", "text"]
+Template = Literal["auto", "tokenizer", "chatml", "plain", "alpaca"]
+Method = Literal["full", "freeze", "lora", "lora_plus", "dora", "qlora"]
+Optimizer = Literal["adamw", "sgd", "adamw_8bit", "adafactor"]
+Schedule = Literal["constant", "linear", "cosine"]
+ReportTo = Literal["wandb", "swanlab"]
+
+
 @dataclass
 class ModelConfig:
-    # hub id, local directory, run directory, or a built-in offline name (`tunelab models`)
     name: str = "smollm2-135m-instruct"
-    # tokenizer reference when it differs from the model's (e.g. training from scratch)
+    """built-in offline name (`tunelab models`), hub id, local model directory or run directory"""
     tokenizer: str | None = None
+    """tokenizer reference when it differs from the model's (e.g. training from scratch); null: the model's"""
     dtype: DType = "auto"
+    """weights dtype when loading; auto: fp32 (mixed precision is `training.precision`'s job)"""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """attention kernel passed to transformers"""
     trust_remote_code: bool = False
+    """allow a hub model's own Python code to run"""
     revision: str | None = None
-    # build the architecture from the model's config with random weights (pretraining from scratch)
+    """hub revision (branch, tag or commit) of the model"""
     from_scratch: bool = False
+    """random weights with the named model's architecture (pretraining from scratch)"""
 
 
 @dataclass
 class DataConfig:
-    # built-in name (`tunelab data`), file path, saved `datasets` directory, or hub dataset id
     name: str = "arith"
-    format: str = "auto"
-    # canonical field -> column in the file, e.g. {instruction: prompt, output: response}
+    """built-in data set (`tunelab data`), file (.json, .jsonl, .csv, .tsv, .parquet), saved `datasets` directory or hub dataset id"""
+    format: Format = "auto"
+    """record format; auto: the built-in set's, else detected from the first record"""
     columns: dict[str, str] = field(default_factory=dict)
+    """the format's field -> the file's column, e.g. {instruction: prompt, output: response}"""
     split: str | None = None
+    """split of a saved `datasets` directory or hub data set (default train)"""
     limit: int | None = None
-    # size of generated data sets (arith) and the seed of generation, split and shuffling
+    """read only the first N records (null: all)"""
     n: int = 2000
+    """size of generated data sets (arith)"""
     seed: int = 0
-    # validation part: a fraction when < 1, a number of examples when >= 1
+    """seed of generation, the train/validation split and packing"""
     val_size: float = 0.05
-    # `auto`: the tokenizer's own chat template, else `chatml`; or `chatml`, `plain`, `alpaca`
-    template: str = "auto"
-    # Qwen3-style templates: False puts the empty thinking block in the prompt (see render.py)
+    """validation part: a fraction when < 1, a number of examples when >= 1, 0 for none"""
+    template: Template = "auto"
+    """chat template; auto: the tokenizer's own, else chatml"""
     enable_thinking: bool = False
+    """Qwen3-style templates: false puts the empty thinking block in the prompt (see data/render.py)"""
     system_prompt: str | None = None
-    # appended to math questions; `auto` picks English or Chinese by the question, `` turns it off
+    """system message added to every conversation"""
     instruction: str = "auto"
+    """appended to math questions; auto: the English or Chinese step-by-step boxed instruction; "" for none"""
     gsm8k_boxed: bool = True
+    """GSM8K answers end in \\boxed{N} (false keeps `#### N`)"""
     supervise: Literal["all_turns", "last_turn", "all_tokens"] = "all_turns"
+    """which tokens are trained on: every assistant reply, the last one, or every token"""
     max_length: int = 1024
+    """longest example in tokens (and the length of a packed row)"""
     overlong: Literal["drop", "truncate"] = "drop"
+    """what happens to a longer example"""
     dedup: Literal["none", "exact", "near"] = "near"
+    """duplicate removal before the split: none, exact, or exact + near (MinHash)"""
     near_dup_threshold: float = 0.9
+    """Jaccard similarity above which two examples are near duplicates"""
     packing: bool = True
-    # worker processes for tokenization; 0 picks by data size
+    """several examples per row (positions restart, attention never crosses examples)"""
     num_proc: int = 0
+    """tokenization processes; 0 picks by data size"""
 
 
 @dataclass
 class MethodConfig:
-    name: Literal["full", "freeze", "lora", "lora_plus", "dora", "qlora"] = "lora"
+    name: Method = "lora"
+    """full, freeze, lora, lora_plus, dora or qlora"""
     freeze_trainable_layers: int = 2
+    """freeze: how many of the last decoder layers train"""
     freeze_trainable_modules: list[str] = field(default_factory=list)
+    """freeze: modules that also train, e.g. [lm_head, norm]"""
     lora_r: int = 16
+    """LoRA rank"""
     lora_alpha: int = 32
+    """LoRA scale numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)"""
     lora_dropout: float = 0.05
+    """dropout on the LoRA input"""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """modules that get adapters: [all-linear] or names such as [q_proj, v_proj]"""
     use_rslora: bool = False
+    """rank-stabilised LoRA scaling"""
     lora_plus_ratio: float = 16.0
+    """lora_plus: learning-rate ratio of the B matrices"""
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    """qlora: 4-bit data type"""
     double_quant: bool = True
+    """qlora: quantize the quantization constants too"""
     compute_dtype: DType = "auto"
+    """qlora: dtype of the 4-bit matmuls; auto follows training.precision"""
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    name: Optimizer = "adamw"
+    """adamw, sgd, adamw_8bit or adafactor"""
     lr: float = 2e-4
+    """peak learning rate"""
     weight_decay: float = 0.0
+    """decoupled weight decay (never on biases, norms or DoRA magnitudes)"""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """adamw: [beta1, beta2]"""
     eps: float = 1e-8
+    """adamw: epsilon"""
     momentum: float = 0.9
+    """sgd: momentum"""
     nesterov: bool = False
+    """sgd: Nesterov momentum"""
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"
+    name: Schedule = "cosine"
+    """constant, linear or cosine, after a linear warmup from 0"""
     warmup_steps: int = 0
+    """warmup length in steps (wins over warmup_ratio when > 0)"""
     warmup_ratio: float = 0.0
+    """warmup length as a fraction of the steps"""
     min_lr_ratio: float = 0.0
+    """the learning rate at the end, as a fraction of the peak"""
 
 
 @dataclass
 class TrainingConfig:
     epochs: float = 1.0
+    """passes over the training data (fractions allowed); ignored when max_steps is set"""
     max_steps: int = -1
+    """optimizer steps to run; -1: from epochs"""
     batch_size: int = 4
+    """rows (packed) or examples (padded) per micro-batch and process"""
     grad_accum: int = 1
+    """micro-batches per optimizer step"""
     max_grad_norm: float = 1.0
+    """clip the global gradient norm to this; 0: no clipping"""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 (else fp16) autocast on a GPU, fp32 on CPU"""
     gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory, more time"""
     seed: int = 0
+    """seed of initialisation, dropout and the order of batches"""
     log_every: int = 10
+    """steps between metrics lines"""
     eval_every: int = 50
+    """steps between validation losses; 0: only at epoch ends and at the end"""
     save_every: int = 100
+    """steps between checkpoints; 0: only the best and the last"""
     keep_last: int = 2
+    """checkpoints kept (plus the best)"""
     early_stopping_patience: int = 0
+    """stop after this many evaluations without improvement; 0: never"""
 
 
 @dataclass
 class EvaluationConfig:
     tasks: list[str] = field(default_factory=list)
+    """tasks to evaluate on (`tunelab tasks`)"""
     limit: int | None = None
+    """first N items of each task (null: all)"""
     max_new_tokens: int = 512
+    """longest reply generated"""
     batch_size: int = 16
+    """prompts generated together"""
     temperature: float = 0.0
+    """0: greedy"""
     top_p: float = 1.0
+    """nucleus sampling threshold"""
 
 
 @dataclass
 class OutputConfig:
     dir: str = "runs/quickstart"
-    report_to: list[str] = field(default_factory=list)
+    """the run directory"""
+    report_to: list[ReportTo] = field(default_factory=list)
+    """also log to wandb or swanlab (TensorBoard is always written)"""
 
 
 @dataclass
 class Config:
-    # `sft`: conversations with masked prompts; `pt`: raw text, every token supervised
     stage: Literal["sft", "pt"] = "sft"
+    """sft: conversations with masked prompts; pt: raw text, every token supervised"""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -156,6 +228,104 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# Value checks run at load time, so a bad value is one message naming the key before any data or
+# model is read: (key, predicate, what is expected).
+CHECKS: list[tuple[str, Any, str]] = [
+    ("model.name", lambda v: bool(v.strip()), "a model reference"),
+    ("data.name", lambda v: bool(v.strip()), "a data set reference"),
+    ("data.limit", lambda v: v is None or v >= 1, "at least 1 (or null for all)"),
+    ("data.n", lambda v: v >= 1, "at least 1"),
+    ("data.val_size", lambda v: v >= 0 and (v < 1 or float(v).is_integer()), "a fraction in [0, 1) or a whole count"),
+    ("data.max_length", lambda v: v >= 8, "at least 8"),
+    ("data.near_dup_threshold", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("data.num_proc", lambda v: v >= 0, "0 (automatic) or more"),
+    ("method.freeze_trainable_layers", lambda v: v >= 0, "0 or more"),
+    ("method.lora_r", lambda v: v >= 1, "at least 1"),
+    ("method.lora_alpha", lambda v: v >= 1, "at least 1"),
+    ("method.lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("method.target_modules", lambda v: len(v) >= 1, "a non-empty list"),
+    ("method.lora_plus_ratio", lambda v: v > 0, "above 0"),
+    ("optimizer.lr", lambda v: v > 0, "above 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "0 or more"),
+    ("optimizer.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    ("optimizer.eps", lambda v: v > 0, "above 0"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("schedule.warmup_steps", lambda v: v >= 0, "0 or more"),
+    ("schedule.warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("schedule.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("training.epochs", lambda v: v > 0, "above 0"),
+    ("training.max_steps", lambda v: v == -1 or v >= 1, "-1 (use epochs) or at least 1"),
+    ("training.batch_size", lambda v: v >= 1, "at least 1"),
+    ("training.grad_accum", lambda v: v >= 1, "at least 1"),
+    ("training.max_grad_norm", lambda v: v >= 0, "0 (off) or more"),
+    ("training.log_every", lambda v: v >= 1, "at least 1"),
+    ("training.eval_every", lambda v: v >= 0, "0 (epoch ends only) or more"),
+    ("training.save_every", lambda v: v >= 0, "0 (best and last only) or more"),
+    ("training.keep_last", lambda v: v >= 1, "at least 1 (the newest checkpoint is what --resume continues)"),
+    ("training.early_stopping_patience", lambda v: v >= 0, "0 (off) or more"),
+    ("evaluation.limit", lambda v: v is None or v >= 1, "at least 1 (or null for all)"),
+    ("evaluation.max_new_tokens", lambda v: v >= 1, "at least 1"),
+    ("evaluation.batch_size", lambda v: v >= 1, "at least 1"),
+    ("evaluation.temperature", lambda v: v >= 0, "0 (greedy) or more"),
+    ("evaluation.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("output.dir", lambda v: bool(v.strip()), "a directory"),
+]
+
+
+def get_path(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_values(cfg: "Config") -> None:
+    for key, ok, expected in CHECKS:
+        value = get_path(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstring written under each field of a config dataclass (`tunelab config`)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every config key, in schema order."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{prefix}{f.name}", _type_name(tp), yaml.safe_dump(default, default_flow_style=True,
+                                                                              allow_unicode=True).strip().removesuffix("..."
+                                                                              ).strip(), docs.get(f.name, "")))
+
+    walk(Config, "")
+    return rows
+
+
+def markdown_table() -> str:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, doc in describe():
+        lines.append(f"| `{key}` | {tp.replace('|', '/')} | `{default}` | {doc.replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +451,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    return build_section(Config, data or {}, "")
+    cfg = build_section(Config, data or {}, "")
+    check_values(cfg)
+    return cfg
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

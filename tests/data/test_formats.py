@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tunelab.data.conversation import DataError, validate
-from tunelab.data.formats import FORMATS, detect, detect_format, get_reader, parse_turns
+from tunelab.data.formats import FORMATS, detect, get_reader, parse_turns
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -236,7 +236,7 @@ def test_null_and_non_text_values():
     ({"text": "t"}, "text"),
 ])
 def test_detect_format(record, expected):
-    assert detect_format(record) == expected
+    assert detect(record)[0] == expected
 
 
 def test_detect_with_default_columns():
@@ -247,7 +247,7 @@ def test_detect_with_default_columns():
 
 def test_detect_unknown_and_unknown_format():
     with pytest.raises(DataError) as e:
-        detect_format({"foo": 1, "bar": 2})
+        detect({"foo": 1, "bar": 2})
     assert "['bar', 'foo']" in str(e.value) and "alpaca" in str(e.value) and "sharegpt" in str(e.value)
     with pytest.raises(DataError, match="unknown data format 'nope'; known formats: alpaca, "):
         get_reader("nope")

@@ -81,3 +81,32 @@ def test_two_workers_share_one_study(tmp_path):
     assert sorted(done) == [0.01, 0.02, 0.03, 0.04]  # all points, none twice
     trial_dirs = sorted(p.name for p in (tmp_path / "sw" / "trials").iterdir())
     assert len(trial_dirs) == 4
+
+
+def test_eval_objective_equals_tunelab_eval(tmp_path):
+    """A trial's `eval:TASK:METRIC` is what `tunelab eval` reports for the same run and task: one entry
+    point, so the same prompt (the trained instruction and system prompt), max_new_tokens and scorer."""
+    import json
+
+    from tunelab.cli import main
+    from tunelab.experiment import sweep
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(REPO / "configs/quickstart.yaml"),
+        "overrides": {**BASE, "data.instruction": "Answer with a number.", "data.system_prompt": "Be brief."},
+        "space": {"optimizer.lr": {"choices": [0.01]}}, "sampler": "grid", "trials": 1,
+        "objective": "eval:arith_en:accuracy", "direction": "maximize", "output": str(tmp_path / "sw"),
+        "evaluation": {"limit": 4, "max_new_tokens": 6}}))
+    result = sweep.run(sweep.load_spec(path))
+    run_dir = tmp_path / "sw" / "trials" / "trial-0000"
+    trial = json.loads((run_dir / "eval" / "arith_en" / "results.json").read_text())
+    assert main(["eval", "--model", str(run_dir), "--task", "arith_en", "--limit", "4", "--max-new-tokens", "6",
+                 "--output", str(tmp_path / "ev")]) == 0
+    direct = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["best_value"] == direct["accuracy"] == trial["accuracy"]
+    assert trial["generation"] == direct["generation"] and trial["system_prompt"] == "Be brief."
+    rows = lambda d: [json.loads(l) for l in (d / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    prompts = [r["prompt"] for r in rows(run_dir / "eval" / "arith_en")]
+    assert prompts == [r["prompt"] for r in rows(tmp_path / "ev")]
+    assert all("Answer with a number." in p and "Be brief." in p for p in prompts)

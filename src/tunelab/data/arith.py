@@ -30,7 +30,6 @@ _GOODS = [("notebook", "notebooks", "笔记本", "本"), ("pen", "pens", "钢笔
           ("ball", "balls", "皮球", "个"), ("cup", "cups", "杯子", "个"), ("kite", "kites", "风筝", "个"),
           ("toy car", "toy cars", "玩具车", "辆"), ("storybook", "storybooks", "故事书", "本"),
           ("ruler", "rulers", "尺子", "把")]
-ZH_UNITS = ("个", "本", "支", "朵", "张", "颗", "辆", "把", "元", "米", "盒")
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
         "×": lambda a, b: a * b, "÷": lambda a, b: a / b}

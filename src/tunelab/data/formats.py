@@ -12,7 +12,7 @@ others are ignored so that one option set can be passed to every reader.
 
 Readers do not clean text and do not add instructions or system prompts: contents pass through as
 given, and math formats mark meta `task="math"` so that a later stage can add its instruction.
-`FORMATS` is the registry, `get_reader` looks a name up, and `detect_format` guesses from the keys.
+`FORMATS` is the registry, `get_reader` looks a name up, and `detect` guesses from the keys.
 """
 from __future__ import annotations
 
@@ -333,8 +333,3 @@ def detect(record: Any) -> tuple[str, dict[str, str] | None]:
         return "text", None
     raise DataError(f"cannot detect the data format from keys {sorted(keys)}; known formats: "
                     f"{', '.join(FORMATS)} (pass format=... and, for other column names, columns=...)")
-
-
-def detect_format(record: Any) -> str:
-    """The format name `detect` guesses for `record` (see `detect` for the column mapping)."""
-    return detect(record)[0]

@@ -89,22 +89,33 @@ def is_command(line: str) -> bool:
     return line.startswith("/") and not line.startswith("//")
 
 
+def handle(session: ChatSession, line: str, on_delta: Callable[[str], None], say: Callable[[str], None]) -> str:
+    """One input line, a command or a user turn; returns "exit", "command" or "turn"."""
+    if is_command(line):
+        msg = session.command(line)
+        if msg is None:
+            return "exit"
+        say(msg)
+        return "command"
+    session.reply(line[1:] if line.startswith("//") else line, on_delta)
+    return "turn"
+
+
 def run_piped(session: ChatSession, lines: TextIO, out: TextIO, err: TextIO) -> int:
     for raw in lines:
         line = raw.rstrip("\n").rstrip("\r")
         if not line.strip():
             continue
-        if is_command(line):
-            msg = session.command(line)
-            if msg is None:
-                return 0
-            print(msg, file=err, flush=True)
-            continue
         try:
-            session.reply(line[1:] if line.startswith("//") else line, lambda d: print(d, end="", file=out, flush=True))
+            kind = handle(session, line, lambda d: print(d, end="", file=out, flush=True),
+                          lambda m: print(m, file=err, flush=True))
         except ValueError as e:
             print(f"tunelab chat: {e}", file=err, flush=True)
-        print(file=out, flush=True)  # one reply per turn, each ending with a newline
+            kind = "turn"
+        if kind == "exit":
+            return 0
+        if kind == "turn":
+            print(file=out, flush=True)  # one reply per turn, each ending with a newline
     return 0
 
 
@@ -124,15 +135,12 @@ def run_terminal(session: ChatSession, banner: str) -> int:
             continue
         if not line.strip():
             continue
-        if is_command(line):
-            msg = session.command(line)
-            if msg is None:
-                return 0
-            print(msg)
-            continue
         try:
-            session.reply(line[1:] if line.startswith("//") else line, lambda d: print(d, end="", flush=True))
-            print()
+            kind = handle(session, line, lambda d: print(d, end="", flush=True), print)
+            if kind == "exit":
+                return 0
+            if kind == "turn":
+                print()
         except KeyboardInterrupt:  # the engine stops generating at its next step; the turn is dropped
             print("\n[interrupted; this turn is not kept]")
         except ValueError as e:
