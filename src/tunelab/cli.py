@@ -103,7 +103,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                                revision=cfg.model.revision)
     prepared = prepare_from_config(cfg, tokenizer, use_cache=not args.no_cache)
     export(prepared, out, overwrite=args.overwrite)
-    C.save(cfg, out / "config.yaml")
+    C.save(cfg, out / "config.yaml")  # as in a run directory
     print_prepared(prepared, tokenizer, out)
     return 0
 

@@ -52,6 +52,31 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a last line cut short by a crash mid-write is skipped, not an error."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the one line a kill can leave half-written
+            raise
+    return rows
+
+
+def read_error(run_dir: str | Path) -> str | None:
+    """The first line of error.txt (why a variant failed), or None."""
+    path = Path(run_dir) / ERROR
+    return path.read_text(encoding="utf-8").split("\n")[0] if path.is_file() else None
+
+
 def read_metadata(model_path: str | Path) -> dict[str, Any]:
     """`tunelab.json` beside a trained model (base model, method, template, ...), or {}."""
     return read_json(Path(model_path) / META) or {}

@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+from .. import rundir
 
 
 def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Path]:
@@ -34,17 +32,14 @@ def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict
         d = Path(d)
         run_dirs = sorted(p for p in (d / "runs").iterdir() if p.is_dir()) if (d / "runs").is_dir() else [d]
         for r in run_dirs:
-            metrics = []
-            if (r / "metrics.jsonl").is_file():
-                metrics = [json.loads(l) for l in (r / "metrics.jsonl").read_text().splitlines() if l.strip()]
-            cfg = yaml.safe_load((r / "config.yaml").read_text()) if (r / "config.yaml").is_file() else {}
-            runs[r.name] = {"dir": r, "metrics": metrics, "summary": _json(r / "summary.json"), "config": cfg or {},
-                            "data": _json(r / "data_stats.json"),
-                            "error": (r / "error.txt").read_text().split("\n")[0] if (r / "error.txt").is_file() else None}
+            cfg = yaml.safe_load((r / rundir.CONFIG).read_text()) if (r / rundir.CONFIG).is_file() else {}
+            runs[r.name] = {"dir": r, "metrics": rundir.read_metrics(r), "summary": rundir.read_json(r / rundir.SUMMARY),
+                            "config": cfg or {}, "data": rundir.read_json(r / rundir.DATA_STATS),
+                            "error": rundir.read_error(r)}
         if (d / "eval").is_dir():
             for label in sorted(p for p in (d / "eval").iterdir() if p.is_dir()):
                 for task in sorted(p for p in label.iterdir() if p.is_dir()):
-                    res = _json(task / "results.json")
+                    res = rundir.read_json(task / "results.json")
                     if res is not None:
                         evals.setdefault(label.name, {})[task.name] = res
     out = Path(dirs[0]) if len(dirs) == 1 else Path(dirs[0]).parent

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import rundir
+
 
 class MetricsLogger:
     """Writes metrics on the main process only; other processes get a logger that does nothing."""
@@ -17,7 +19,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, *, enabled: bool = True, report_to: list[str] = (), config: dict | None = None,
                  resume_step: int | None = None):
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / rundir.METRICS
         self.tb = None
         self.extra: list[Any] = []
         if not enabled:
