@@ -98,6 +98,10 @@ class DataConfig:
     """duplicate removal before the split: none, exact, or exact + near (MinHash)"""
     near_dup_threshold: float = 0.9
     """Jaccard similarity above which two examples are near duplicates"""
+    normalize: Literal["none", "basic", "full"] = "basic"
+    """text normalisation: none; basic (NFC, unix newlines, no zero-width characters); full (also strip spaces, collapse blank lines)"""
+    max_chars: int = 1_000_000
+    """records with more characters are dropped (counted) before tokenizing and deduplication"""
     packing: bool = True
     """several examples per row (positions restart, attention never crosses examples)"""
     num_proc: int = 0
@@ -190,6 +194,8 @@ class TrainingConfig:
     """checkpoints kept (plus the best)"""
     early_stopping_patience: int = 0
     """stop after this many evaluations without improvement; 0: never"""
+    load_best: bool = False
+    """put the weights of the best validation loss in model/ (else the last step's)"""
 
 
 @dataclass
@@ -241,6 +247,7 @@ CHECKS: list[tuple[str, Any, str]] = [
     ("data.max_length", lambda v: v >= 8, "at least 8"),
     ("data.near_dup_threshold", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data.num_proc", lambda v: v >= 0, "0 (automatic) or more"),
+    ("data.max_chars", lambda v: v >= 1, "at least 1"),
     ("method.freeze_trainable_layers", lambda v: v >= 0, "0 or more"),
     ("method.lora_r", lambda v: v >= 1, "at least 1"),
     ("method.lora_alpha", lambda v: v >= 1, "at least 1"),
