@@ -1,6 +1,6 @@
 """The import direction the README states, checked on every module (imports inside functions too):
 
-    leaves (errors, config, paths, rundir, memory)  <-  data  <-  models  <-  tokenizer, rag, estimate
+    leaves (errors, config, paths, rundir, memory, env)  <-  data  <-  models  <-  tokenizer, rag, estimate
         <-  train, evaluate, serve (siblings: none imports another)  <-  experiment  <-  ui  <-  cli
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
-LEAVES = {"errors", "config", "paths", "rundir", "memory", "__init__"}
+LEAVES = {"errors", "config", "paths", "rundir", "memory", "env", "__init__"}
 BELOW = {
     "leaf": set(),
     "data": {"leaf"},

@@ -98,11 +98,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = C.load(args.config, args.overrides)
     out = Path(args.output or Path(cfg.output.dir) / "data")
-    check_writable(out, args.overwrite)  # before any work: never overwrite a user's output unasked
+    inputs = [args.config, cfg.data.name]
+    check_writable(out, args.overwrite, kind="data", inputs=inputs)  # before any work
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
                                revision=cfg.model.revision)
     prepared = prepare_from_config(cfg, tokenizer, use_cache=not args.no_cache)
-    export(prepared, out, overwrite=args.overwrite)
+    export(prepared, out, overwrite=args.overwrite, inputs=inputs)
     C.save(cfg, out / "config.yaml")  # as in a run directory
     print_prepared(prepared, tokenizer, out)
     return 0
@@ -170,14 +171,16 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiment import spec
-    from .experiment.report import build
-    from .experiment.run import run
+    from .experiment.run import run, run_worker
 
     exp = spec.load(args.experiment)
-    status = run(exp, only=args.only or None)
-    report = build([exp.output], title=f"tunelab report: {exp.name}")
+    if args.worker:  # a child process of `tunelab run`: one variant (or the base model), then exit
+        return run_worker(exp, args.worker, rerun=args.rerun)
+    from .experiment.report import build
     from .experiment.summary import print_summary
 
+    status = run(exp, only=args.only or None, rerun=args.rerun, devices=args.devices)
+    report = build([exp.output], title=f"tunelab report: {exp.name}")
     print_summary(exp.output, status, report)
     return 0 if not any(v.startswith("failed") for v in status.values()) else 1
 
@@ -263,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name (`tunelab tasks`) or a task .yaml")
     p.add_argument("--limit", type=int, help="first N items")
     p.add_argument("--output", help="output directory (default runs/eval/<task>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation in --output that another model, task, items or settings produced")
     p.add_argument("--data", help="data source for the task (overrides its default; required for perplexity)")
     p.add_argument("--max-new-tokens", type=int, help="default: the task's, else 512")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -290,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment: train variants, evaluate them and the base, write the report")
     p.add_argument("experiment", help="experiment YAML (see experiments/)")
     p.add_argument("--only", action="append", help="run only this variant (repeatable)")
+    p.add_argument("--rerun", action="append", default=[], metavar="VARIANT",
+                   help="train and evaluate this variant again although it ran before (repeatable; 'all', 'base')")
+    p.add_argument("--devices", help="GPUs to run variants on concurrently, one per device, e.g. 0,1 "
+                                     "(default: one variant at a time)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: this process runs one variant (or base)
     commands["run"] = _cmd_run
 
     p = sub.add_parser("report", help="rebuild a report from experiment or run directories alone")

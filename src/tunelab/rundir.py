@@ -31,7 +31,54 @@ ERROR = "error.txt"
 EVAL = "eval"
 TENSORBOARD = "tensorboard"
 META = "tunelab.json"  # beside the weights in model/ (and in an export)
+FINGERPRINT = "fingerprint.json"  # what produced a run or an evaluation: config, data, model identity
+EXTERNAL = "external.json"  # ids of the run in W&B / SwanLab, so a resumed run continues the same one
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
+
+
+# Config keys that may change when a run is resumed: how long it trains and how often it logs,
+# evaluates and saves. Any other change would make the resumed run a mix of two runs.
+SAFE_ON_RESUME = ("training.max_steps", "training.epochs", "training.log_every", "training.eval_every",
+                  "training.save_every", "training.keep_last", "training.early_stopping_patience",
+                  "training.load_best", "output.report_to", "data.num_proc", "evaluation.")
+NOT_IDENTITY = ("output.dir",)  # where a run lives is not what it is
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config as {"section.key": value} (values such as data.columns stay whole)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{k2}": v2 for k2, v2 in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (old value, new value)} for every config key that differs (output.dir ignored)."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith(NOT_IDENTITY)}
+
+
+def describe_changes(changes: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def unsafe_on_resume(changes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in changes.items() if not k.startswith(SAFE_ON_RESUME)}
+
+
+def read_fingerprint(directory: str | Path) -> dict[str, Any] | None:
+    return read_json(Path(directory) / FINGERPRINT)
+
+
+def write_fingerprint(directory: str | Path, fingerprint: dict[str, Any]) -> None:
+    path = Path(directory) / FINGERPRINT
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
 
 
 def model_dir(path: str | Path) -> Path:
@@ -126,7 +173,7 @@ def save_model(model: Any, tokenizer: Any, out: Path, meta: dict[str, Any]) -> N
     written to a temporary sibling and renamed when complete."""
     from .paths import atomic_dir
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, owned=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_metadata(tmp, meta)

@@ -75,7 +75,7 @@ def test_run_skip_resume_fail_and_report(tmp_path):
     assert (study / "runs" / "full" / "checkpoints" / "step-000001").is_dir()
 
     status = run(exp)
-    assert status["lora"] == "trained" and status["full"] == "trained"
+    assert status["lora"] == "trained" and status["full"] == "resumed"
     assert status["broken"].startswith("failed: MethodError") and "no_such_proj" in status["broken"]
     full_metrics = [json.loads(l) for l in (study / "runs/full/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in full_metrics if m["split"] == "train"] == [1, 2]  # resumed, not restarted

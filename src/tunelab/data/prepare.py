@@ -222,9 +222,9 @@ def _stats(source: str, tok: Any, renderer: Renderer, n_in: int, drops: Counter,
     }
 
 
-def export(prepared: Prepared, out: Path, overwrite: bool = False) -> None:
+def export(prepared: Prepared, out: Path, overwrite: bool = False, inputs: tuple = ()) -> None:
     """Copy a prepared data set (from the cache) to a user's output directory, atomically."""
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), kind="data", overwrite=overwrite, inputs=inputs) as tmp:
         for name in ("train", "validation"):
             shutil.copytree(prepared.path / name, tmp / name)
         shutil.copy2(prepared.path / "stats.json", tmp / "stats.json")

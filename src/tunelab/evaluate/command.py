@@ -53,7 +53,8 @@ def eval_command(args: Any) -> int:
         review = Path(args.export_review) if args.export_review else None
         if review is not None and len(args.model) > 1:
             review = review.with_name(f"{review.stem}_{slug(ref)}{review.suffix}")
-        all_results[ref] = evaluate(ref, task, out=target, settings=settings, export_review=review)
+        all_results[ref] = evaluate(ref, task, out=target, settings=settings, export_review=review,
+                                    overwrite=getattr(args, "overwrite", False))
     _print(task, all_results)
     if len(args.model) > 1:
         (out / "comparison.json").write_text(json.dumps(all_results, indent=2, ensure_ascii=False))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, OutputExistsError
 from .generate import GenerationSettings
 from .tasks import Item, Task, get_task
 
@@ -101,25 +101,84 @@ def task_items(task: Task, loaded: Any, settings: EvalSettings) -> list[Item]:
                       instruction=loaded.task_instruction)
 
 
+# settings that do not change what is generated (tested: batched greedy == one by one)
+NOT_IN_FINGERPRINT = ("batch_size",)
+
+
+def fingerprint(loaded: Any, task: Task, settings: EvalSettings, items: list[Item] | None) -> dict[str, Any]:
+    """What an evaluation's results depend on: the model and its weights' identity, the task, the
+    settings, the prompt settings and, for rollouts, the items (ids, prompts, gold answers)."""
+    import dataclasses
+    import hashlib
+
+    fp = {"model": loaded.ref, "model_identity": loaded.identity, "task": task.name,
+          "task_definition": {k: v for k, v in dataclasses.asdict(task).items() if k != "description"},
+          "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT},
+          **{k: v for k, v in loaded.describe().items() if k != "model"}}
+    if items is not None:
+        body = json.dumps([[it.id, it.messages, it.gold] for it in items], ensure_ascii=False, sort_keys=True)
+        fp["items"] = {"n": len(items), "sha256": hashlib.sha256(body.encode()).hexdigest()[:16]}
+    return json.loads(json.dumps(fp, default=str))  # as it reads back from disk (tuples -> lists)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    from .. import rundir
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    return rundir.describe_changes({k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)})
+
+
+def open_output(out: Path, fp: dict[str, Any], *, overwrite: bool) -> None:
+    """An evaluation continues in `out` only if what is there was produced by the same fingerprint;
+    otherwise it is refused (or, with overwrite, replaced when tunelab wrote it)."""
+    from .. import rundir
+    from ..paths import check_writable, mark, marker_kind, remove_output
+
+    if out.exists() and not out.is_dir():
+        check_writable(out, overwrite, kind="eval")  # refuses: a file is never replaced by a directory
+    if out.is_dir() and any(out.iterdir()):
+        old = rundir.read_fingerprint(out)
+        if old != fp:
+            if not overwrite:
+                why = (f"it differs in {differences(old, fp)}" if old else
+                       f"it has no {rundir.FINGERPRINT} (not an evaluation tunelab wrote, or an older one)")
+                raise OutputExistsError(f"{out} holds another evaluation ({why}); its predictions would be mixed "
+                                        "with these. Choose another --output, or pass --overwrite to replace it")
+            remove_output(out, "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker_kind(out) is None:
+        mark(out, "eval")
+    rundir.write_fingerprint(out, fp)
+
+
 def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSettings | None = None,
-             items: list[Item] | None = None, export_review: Path | None = None) -> dict[str, Any]:
+             items: list[Item] | None = None, export_review: Path | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
     """Evaluate `model` (a reference, or an already loaded `models.loaded.Loaded`) on `task`.
 
     `items` replaces the task's own items (an experiment's held-out split); otherwise they come
-    from the task's data with the model's trained prompt settings."""
+    from the task's data with the model's trained prompt settings. Predictions already in `out`
+    are continued only when they come from the same model, task, items and settings."""
     settings = settings or EvalSettings()
     task = get_task(task) if isinstance(task, str) else task
     check(task, settings)
     loaded = load(model, settings) if isinstance(model, str) else model
     out = Path(out)
+    if task.kind == "generate" and items is None:
+        items = task_items(task, loaded, settings)
+    open_output(out, fingerprint(loaded, task, settings, items), overwrite=overwrite)
     if task.kind == "perplexity":
         return _perplexity(loaded, task, settings, out)
     if task.kind == "efficiency":
         return _efficiency(loaded, task, settings, out)
     from .rollout import rollouts
 
-    if items is None:
-        items = task_items(task, loaded, settings)
     return rollouts(loaded, task, items, out, settings.generation(task), backend=settings.backend,
                     export_review=export_review)
 

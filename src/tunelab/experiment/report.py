@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .. import rundir
+from ..errors import DataError
 
 
 def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], Path]:
@@ -32,6 +33,8 @@ def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict
         d = Path(d)
         run_dirs = sorted(p for p in (d / "runs").iterdir() if p.is_dir()) if (d / "runs").is_dir() else [d]
         for r in run_dirs:
+            if not any((r / f).exists() for f in (rundir.CONFIG, rundir.SUMMARY, rundir.ERROR, rundir.METRICS)):
+                continue  # not a run (an unrelated folder under runs/)
             cfg = yaml.safe_load((r / rundir.CONFIG).read_text()) if (r / rundir.CONFIG).is_file() else {}
             runs[r.name] = {"dir": r, "metrics": rundir.read_metrics(r), "summary": rundir.read_json(r / rundir.SUMMARY),
                             "config": cfg or {}, "data": rundir.read_json(r / rundir.DATA_STATS),
@@ -42,8 +45,35 @@ def collect(dirs: list[Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict
                     res = rundir.read_json(task / "results.json")
                     if res is not None:
                         evals.setdefault(label.name, {})[task.name] = res
+    if not runs and not evals:
+        raise DataError(f"{', '.join(map(str, dirs))}: no run and no evaluation found (a run directory has "
+                        f"{rundir.CONFIG} or {rundir.SUMMARY}; an experiment directory has runs/ and eval/)")
     out = Path(dirs[0]) if len(dirs) == 1 else Path(dirs[0]).parent
     return runs, evals, out
+
+
+def config_differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): the config keys whose values differ between the runs, and each run's values;
+    with the environment each was trained in, a study can be reproduced from its report alone."""
+    flat = {name: rundir.flatten(r["config"]) for name, r in runs.items() if r["config"]}
+    keys = sorted({k for f in flat.values() for k in f if not k.startswith(rundir.NOT_IDENTITY)})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+    rows = [[name] + [yaml.safe_dump(f.get(k), default_flow_style=True).strip().removesuffix("...").strip()
+                      for k in varying] for name, f in flat.items()]
+    return ["variant"] + varying, rows
+
+
+def environment_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    from ..env import environment
+
+    rows = []
+    for name, r in [("this report", {"summary": {"environment": environment()}}), *runs.items()]:
+        env = (r["summary"] or {}).get("environment")
+        if env:
+            libs = ", ".join(f"{k} {v}" for k, v in (env.get("libraries") or {}).items() if v)
+            rows.append([name, f"{env.get('tunelab')} ({env.get('commit') or 'no git'})", env.get("device") or "-",
+                         env.get("date") or "-", f"python {env.get('python')}; {libs}"])
+    return rows
 
 
 def _plot_loss(runs: dict[str, dict[str, Any]], split: str, path: Path) -> bool:
@@ -224,6 +254,12 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
                "(\\boxed{}, 'The answer is', '#### N', '答：') rather than leaving it to the last number.", ""]
     for caption, png in charts:
         md += [f"## {caption}", "", f"![{caption}]({png})", ""]
+    diff_cols, diff_rows = config_differences(runs)
+    env_cols, env_rows = ["what", "tunelab (commit)", "device", "date", "versions"], environment_rows(runs)
+    if len(diff_cols) > 1:
+        md += ["## What differs between the runs", "", _md_table(diff_cols, diff_rows), "",
+               "Every other config key is the same for all runs (each run's full config is its config.yaml).", ""]
+    md += ["## Environment", "", _md_table(env_cols, env_rows), ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
 
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -239,6 +275,9 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
     for caption, png in charts:
         data = base64.b64encode((out / png).read_bytes()).decode()
         parts += [f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]
+    if len(diff_cols) > 1:
+        parts += ["<h2>What differs between the runs</h2>", _html_table(diff_cols, diff_rows)]
+    parts += ["<h2>Environment</h2>", _html_table(env_cols, env_rows)]
     parts.append("</body></html>")
     (out / "report.html").write_text("".join(parts), encoding="utf-8")
     return out / "report.md"

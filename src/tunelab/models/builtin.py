@@ -113,7 +113,7 @@ def ensure(name: str) -> Path:
             f"  (or use the hub id '{spec.hub_id}' on a machine with network)"
         )
     print(f"[tunelab] building '{name}' once into {dst} (from {src}) ...", flush=True)
-    with atomic_dir(dst, overwrite=True) as tmp:
+    with atomic_dir(dst, owned=True) as tmp:
         spec.build(src, tmp)
     return dst
 

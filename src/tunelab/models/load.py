@@ -9,13 +9,14 @@ raises one message naming what was looked for, where, and how to get it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..errors import ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError
 from .builtin import BUILTINS, ensure
 
 # bitsandbytes (imported by peft) warns on every start on CPUs with AVX512-BF16 that it could not fetch an
@@ -40,7 +41,15 @@ def resolve(ref: str) -> ModelRef:
         return ModelRef("builtin", str(ensure(ref)), ref)
     path = Path(ref).expanduser()
     if path.is_dir():
-        return ModelRef("local", str(rundir.model_dir(path)), ref)  # a run directory: its model/
+        model = rundir.model_dir(path)  # a run directory: its model/
+        if not ((model / "config.json").is_file() or rundir.is_adapter(model)):
+            if (path / rundir.CONFIG).is_file():
+                raise ModelNotFoundError(f"{path} is a run directory without a trained model ({rundir.MODEL}/ is "
+                                         "missing): its training did not finish; `tunelab train CONFIG --resume` "
+                                         "continues it")
+            raise ModelNotFoundError(f"{path} is a directory but not a model: it has no config.json (a transformers "
+                                     f"model) or {rundir.ADAPTER_CONFIG} (a PEFT adapter)")
+        return ModelRef("local", str(model), ref)
     if _looks_like_hub_id(ref):
         return ModelRef("hub", ref, ref)
     raise ModelNotFoundError(
@@ -48,6 +57,33 @@ def resolve(ref: str) -> ModelRef:
         f"not a local directory ({path.resolve()} does not exist), and not a hub id of the form owner/name.\n"
         "  list built-ins with `tunelab models`; pass a directory saved with save_pretrained, or a hub id online."
     )
+
+
+def identity(ref: str | ModelRef) -> str:
+    """What a model reference points at, cheaply: a hash of its config and of each weight file's name,
+    size and first and last 64 KiB (a retrained or replaced model gets another identity; reading
+    gigabytes to hash them whole would make every run wait). A hub id is its id and revision.
+    An adapter directory includes its base model's identity."""
+    import hashlib
+
+    r = resolve(ref) if isinstance(ref, str) else ref
+    if r.kind == "hub":
+        return f"hub:{r.path}"
+    h = hashlib.sha256()
+    path = Path(r.path)
+    for f in sorted(path.iterdir()):
+        if f.name.endswith((".json", ".safetensors", ".bin", ".gguf", ".model", ".jinja")) and f.is_file():
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(65536))
+                if size > 131072:
+                    fh.seek(-65536, 2)
+                    h.update(fh.read())
+    if rundir.is_adapter(path) and (base := rundir.adapter_base(path)):
+        with contextlib.suppress(ModelNotFoundError):
+            h.update(identity(base).encode())
+    return h.hexdigest()[:16]
 
 
 def _wrap_hub_error(ref: ModelRef, err: Exception) -> Exception:
@@ -127,11 +163,39 @@ def load_model(
         )
     except OSError as e:
         raise _wrap_hub_error(r, e) from None
+    except Exception as e:
+        if "safetensor" in type(e).__name__.lower() or "header" in str(e).lower():
+            raise ModelNotFoundError(f"{r.path}: the weights cannot be read ({type(e).__name__}: {e}); the file is "
+                                     "damaged or truncated: copy or build the model again") from None
+        raise
+
+
+def fit_vocabulary(model: Any, tokenizer: Any, *, from_scratch: bool, own_tokenizer: bool) -> None:
+    """Make the embedding fit the tokenizer: a model built from scratch for another tokenizer gets
+    exactly its vocabulary (rounded up to a multiple of 64, as checkpoints pad it, for fast matmuls);
+    a pretrained model with fewer rows than the tokenizer has tokens cannot be used with it."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    need = len(tokenizer)
+    if from_scratch and (not own_tokenizer or need > rows):
+        model.resize_token_embeddings(need, pad_to_multiple_of=64)
+        model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+        for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            value = getattr(tokenizer, attr, None)
+            if value is not None:
+                setattr(model.config, attr, value)
+        return
+    if need > rows:
+        raise ConfigError(f"the tokenizer has {need:,} tokens but the model's embedding only {rows:,} rows: token ids "
+                          f"above {rows - 1} would fail. Use the model's own tokenizer (model.tokenizer: null), or "
+                          "train from scratch (model.from_scratch: true), which sizes the embedding to the tokenizer")
 
 
 def _load_adapter(path: Path, **kwargs: Any) -> Any:
     from peft import PeftModel
 
+    if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ModelNotFoundError(f"{path}: the adapter's weights (adapter_model.safetensors) are missing; the run "
+                                 "directory is incomplete or damaged")
     base_ref = rundir.adapter_base(path)
     if base_ref is None:
         raise ModelNotFoundError(f"{path}: an adapter whose base model is named neither in {rundir.META} nor in "

@@ -25,11 +25,12 @@ class Loaded:
                  device: str | None = None, dtype: str = "auto", load_weights: bool = True):
         from ..data.render import build_renderer
         from .generation import stop_token_ids
-        from .load import load_model, load_tokenizer, resolve
+        from .load import identity, load_model, load_tokenizer, resolve
 
         self.ref = ref
         r = resolve(ref)
         self.path = Path(r.path)
+        self.identity = identity(r)  # which weights: evaluations record it in their fingerprint
         self.train_cfg = rundir.read_config(ref) if Path(ref).is_dir() else None
         self.meta = rundir.read_metadata(self.path)
         saved = self.meta.get("template")

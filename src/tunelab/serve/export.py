@@ -63,7 +63,7 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
     o, r = out.resolve(), run.resolve()
     if o == r or o == model_dir.resolve() or o in r.parents:
         raise ServeError(f"--output {out} would replace the run it exports from ({run}); choose another directory")
-    check_writable(out, overwrite)  # before the (slow) loading: never replace a user's files unasked
+    check_writable(out, overwrite, kind="export", inputs=[run])  # before the (slow) loading
 
     meta = rundir.read_metadata(model_dir)
     adapter = rundir.is_adapter(model_dir)
@@ -90,7 +90,7 @@ def export(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", over
     new_meta = {**meta, "quantization": None, "exported_from": str(run.resolve()),
                 "export": {"merged": adapter, "dtype": target, "end_of_turn": eot or None,
                            "trained_quantization": quant, "base_model": meta.get("base_model")}}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, kind="export", overwrite=overwrite, inputs=[run]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         rundir.write_metadata(tmp, new_meta)

@@ -48,7 +48,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(root: Path, *, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
          keep_last: int, best_step: int | None) -> Path:
     out = Path(root) / f"step-{step:06d}"
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, owned=True) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -74,6 +74,14 @@ def prune(root: Path, *, keep_last: int, keep: int | None = None) -> None:
 def latest(root: Path) -> Path | None:
     steps = list_steps(root)
     return Path(root) / f"step-{steps[-1]:06d}" if steps else None
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Only the trainable weights of a checkpoint, into `model` (training.load_best)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in load_file(str(path / "trainable.safetensors")).items():
+            params[name].copy_(tensor)
 
 
 def load(path: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:

@@ -114,16 +114,14 @@ def evaluate_loss(accelerator: Any, module: torch.nn.Module, objective: Any, ds:
 
 def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objective: Any, optimizer: Any,
         scheduler: Any, train_ds: Any, val_ds: Any, plan: StepPlan, settings: FitSettings, *, run_dir: Path,
-        logger: MetricsLogger, resume_from: Path | None = None,
+        logger: MetricsLogger, state: TrainState | None = None,
         callbacks: tuple[Callable[[int, TrainState], None], ...] = ()) -> TrainState:
-    """Train `module` (the objective's wrapper of `model`, prepared by accelerate) for settings.total_steps."""
+    """Train `module` (the objective's wrapper of `model`, prepared by accelerate) for settings.total_steps,
+    from `state` (a resumed run's, restored with its checkpoint) or from the start."""
     s = settings
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
-    state = TrainState()
-    if resume_from is not None:
-        state = TrainState.from_dict(ckpt.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler))
-        accelerator.print(f"[tunelab] resumed from {resume_from} at step {state.step}")
+    state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     ckpt_dir = Path(run_dir) / rundir.CHECKPOINTS
     has_val = val_ds is not None and len(val_ds) > 0

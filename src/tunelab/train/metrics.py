@@ -3,14 +3,35 @@
 Each line of `metrics.jsonl` is one JSON object with at least `step`, `epoch`, `split`
 (`train`/`val`), `loss`, `lr`, `grad_norm`, `tokens`, `tokens_per_s`, `peak_mem_mb`, `elapsed_s`.
 Peak memory comes from `tunelab.memory` (one measurement for every command).
+
+On resume the rows logged after the restored checkpoint are dropped (the resumed run logs those
+steps again), a last line cut short by a kill is tolerated, and W&B/SwanLab continue the run they
+started: its id is kept in the run directory (`external.json`).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..errors import ConfigError
+from ..paths import no_space_message
+
+EXTERNAL = ("wandb", "swanlab")
+
+
+def check_external(report_to: list[str]) -> None:
+    """Before anything loads: every package named in output.report_to is installed."""
+    for name in report_to:
+        if name not in EXTERNAL:
+            raise ConfigError(f"config key 'output.report_to': unknown '{name}'; known: {', '.join(EXTERNAL)} "
+                              "(TensorBoard is always written)")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"config key 'output.report_to' has '{name}', which is not installed: "
+                              f"`pip install {name}`, or remove it")
 
 
 class MetricsLogger:
@@ -25,22 +46,28 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            # drop what was logged after the checkpoint: the resumed run logs those steps again
-            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            # drop what was logged after the checkpoint (all of it when no checkpoint was reached):
+            # the resumed run logs those steps again
+            kept = [row for row in rundir.read_metrics(Path(run_dir)) if row["step"] <= resume_step]
+            with no_space_message(self.path):
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.tb = SummaryWriter(str(Path(run_dir) / rundir.TENSORBOARD))
         except ImportError:  # tensorboard is optional
             self.tb = None
+        ids = rundir.read_json(Path(run_dir) / rundir.EXTERNAL) or {}
         for name in report_to:
-            self.extra.append(_external(name, run_dir, config or {}))
+            ids.setdefault(name, uuid.uuid4().hex[:12])
+            self.extra.append(_external(name, Path(run_dir), config or {}, ids[name]))
+        if report_to:
+            (Path(run_dir) / rundir.EXTERNAL).write_text(json.dumps(ids, indent=2))
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as f:
+        with no_space_message(self.path), self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         split = row.get("split", "train")
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step",)}
@@ -57,13 +84,12 @@ class MetricsLogger:
             ext.finish()
 
 
-def _external(name: str, run_dir: Path, config: dict) -> Any:
-    """W&B or SwanLab when asked for and installed; never required."""
-    if name not in ("wandb", "swanlab"):
-        raise ValueError(f"unknown report_to '{name}'; known: wandb, swanlab (TensorBoard is always written)")
-    try:
-        mod = __import__(name)
-    except ImportError:
-        raise ValueError(f"output.report_to has '{name}' but it is not installed: pip install {name}") from None
-    mod.init(project="tunelab", name=Path(run_dir).name, config=config, dir=str(run_dir))
+def _external(name: str, run_dir: Path, config: dict, run_id: str) -> Any:
+    """W&B or SwanLab, continuing the run with this id when it exists (a resumed tunelab run)."""
+    mod = __import__(name)
+    if name == "wandb":
+        mod.init(project="tunelab", name=run_dir.name, config=config, dir=str(run_dir), id=run_id, resume="allow")
+    else:
+        mod.init(project="tunelab", experiment_name=run_dir.name, config=config, logdir=str(run_dir), id=run_id,
+                 resume="allow")
     return mod

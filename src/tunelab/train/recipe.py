@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import config as C
 from .. import rundir
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, UserError
+from ..paths import MARKER
 
 
 def device_type() -> str:
@@ -38,12 +38,45 @@ def mixed_precision(precision: str, device: str) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
-def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def inputs_of(cfg: C.Config) -> list[str]:
+    """Local paths a run reads (its data and model): --overwrite must never delete them."""
+    return [x for x in (cfg.data.name, cfg.model.name, cfg.model.tokenizer) if x and Path(x).exists()]
+
+
+def check_run_dir(run_dir: Path, cfg: C.Config, *, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The run-directory policy, applied before anything is loaded or written. Returns the saved
+    fingerprint of the run being resumed (None otherwise).
+
+    - a new run needs an absent or empty directory; `--overwrite` replaces only a tunelab run
+      directory (paths.check_removable), never the working directory or an input;
+    - `--resume` continues a tunelab run whose config differs at most in SAFE_ON_RESUME keys (more
+      steps or epochs, logging, evaluation and save frequency); any other difference is refused with
+      the list of keys, and nothing is changed.
+    """
+    from ..paths import check_writable
+
     if resume and overwrite:
         raise OutputExistsError("--resume and --overwrite contradict each other; pick one")
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise OutputExistsError(f"{run_dir} exists and is not empty; pass --resume to continue its latest "
-                                "checkpoint or --overwrite to start again (it will be deleted)")
+    has_files = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume and has_files:
+        saved = rundir.read_config(run_dir)
+        if saved is None:
+            raise OutputExistsError(f"--resume: {run_dir} is not a tunelab run directory (no {rundir.CONFIG})")
+        changes = rundir.config_changes(C.to_dict(saved), C.to_dict(cfg))
+        unsafe = rundir.unsafe_on_resume(changes)
+        if unsafe:
+            raise C.ConfigError(f"--resume: the config differs from the run's in {len(unsafe)} key(s) that would "
+                                f"mix two runs: {rundir.describe_changes(unsafe)}. Resume with the run's own config "
+                                f"({run_dir / rundir.CONFIG}), or start a new run in another directory (or "
+                                f"--overwrite). Only {', '.join(k.rstrip('.') for k in rundir.SAFE_ON_RESUME)} "
+                                "may change on resume")
+        return {**(rundir.read_fingerprint(run_dir) or {}), "changes": changes}
+    if not resume:
+        if has_files and not overwrite:
+            raise OutputExistsError(f"{run_dir} exists and is not empty; pass --resume to continue its latest "
+                                    "checkpoint or --overwrite to start again (which deletes it, if tunelab wrote it)")
+        check_writable(run_dir, overwrite, kind="run", inputs=inputs_of(cfg))
+    return None
 
 
 def qlora_settings(method: C.MethodConfig, mixed: str) -> dict[str, Any] | None:
@@ -56,9 +89,10 @@ def qlora_settings(method: C.MethodConfig, mixed: str) -> dict[str, Any] | None:
     return {"quant_type": method.quant_type, "double_quant": method.double_quant, "compute_dtype": C.DTYPES[compute]}
 
 
-def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, device: str, local_rank: int) -> Any:
+def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: Any, device: str,
+                   local_rank: int) -> Any:
     """The model of `cfg`, made trainable by its method (a PeftModel for the LoRA family)."""
-    from ..models.load import load_model, quantization_config
+    from ..models.load import fit_vocabulary, load_model, quantization_config
     from .methods import apply_method
 
     kwargs: dict[str, Any] = {}
@@ -69,6 +103,9 @@ def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, device: str, 
     model = load_model(cfg.model.name, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                        trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
                        from_scratch=cfg.model.from_scratch, seed=cfg.training.seed, **kwargs)
+    # from scratch with another tokenizer: the embedding takes the tokenizer's vocabulary; a pretrained
+    # model whose vocabulary is smaller than its tokenizer's is refused (its new rows would be random)
+    fit_vocabulary(model, tokenizer, from_scratch=cfg.model.from_scratch, own_tokenizer=not cfg.model.tokenizer)
     m = cfg.method
     return apply_method(model, method=m.name, freeze_trainable_layers=m.freeze_trainable_layers,
                         freeze_trainable_modules=m.freeze_trainable_modules, lora_r=m.lora_r,
@@ -92,41 +129,54 @@ def build_optimization(cfg: C.Config, model: Any, total_steps: int) -> tuple[Any
 def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
           callbacks: tuple[Callable[[int, Any], None], ...] = ()) -> dict[str, Any]:
     run_dir = Path(cfg.output.dir)
-    if int(os.environ.get("RANK", "0")) == 0:  # other processes would see the files rank 0 starts writing
-        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    # 0. everything that can be refused before anything is loaded or written
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # other processes would see rank 0's files
+    resumed = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite) if main_rank else None
     from .methods import check_supported
+    from .metrics import MetricsLogger, check_external
 
     device = device_type()
-    check_supported(cfg.method.name, device=device, precision=cfg.training.precision)  # before loading anything
+    check_supported(cfg.method.name, device=device, precision=cfg.training.precision)
+    check_external(cfg.output.report_to)
 
     import torch
     from accelerate import Accelerator
 
     from ..data.prepare import prepare_from_config
-    from ..models.load import load_tokenizer
+    from ..models.load import identity, load_tokenizer
+    from ..paths import clean_leftovers, mark, remove_output
     from . import checkpoint as ckpt
-    from .loop import FitSettings, StepPlan, fit
+    from .loop import FitSettings, StepPlan, TrainState, fit
     from .methods import count_params, describe
-    from .metrics import MetricsLogger
     from .objectives import build_objective
 
     mp = mixed_precision(cfg.training.precision, device)
     accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
     main = accelerator.is_main_process
-    # 1. the run directory
-    if main and overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if main and overwrite:
+        remove_output(run_dir, "run", inputs_of(cfg))
+    if main:
+        for d in (run_dir, run_dir / rundir.CHECKPOINTS):  # what an interrupted save left behind
+            clean_leftovers(d)
     accelerator.wait_for_everyone()
     resume_from = ckpt.latest(run_dir / rundir.CHECKPOINTS) if resume else None
     if resume and resume_from is None and main:
         accelerator.print(f"[tunelab] --resume: no checkpoint in {run_dir / rundir.CHECKPOINTS}; starting from scratch")
     torch.manual_seed(cfg.training.seed)
 
-    # 2. data
+    # 1. data
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
                                revision=cfg.model.revision)
     with accelerator.main_process_first():
         prepared = prepare_from_config(cfg, tokenizer)
+    fingerprint = {"config": C.to_dict(cfg), "data": prepared.stats.get("cache_key"),
+                   "model": identity(cfg.model.name) if not cfg.model.from_scratch else f"scratch:{cfg.model.name}"}
+    if resumed and resume_from is not None:
+        for what in ("data", "model"):
+            if resumed.get(what) and resumed[what] != fingerprint[what]:
+                raise C.ConfigError(f"--resume: the run's {what} changed since it was trained (same config, other "
+                                    f"content: {resumed[what]} -> {fingerprint[what]}); resuming would mix two "
+                                    "runs. Start a new run (another output.dir, or --overwrite)")
     train_ds, val_ds = prepared.load("train"), prepared.load("validation")
     t = cfg.training
     plan = StepPlan([len(x) for x in train_ds["input_ids"]], packing=cfg.data.packing, max_length=cfg.data.max_length,
@@ -138,36 +188,57 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                             f"{accelerator.num_processes} processes)")
     total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * steps_per_epoch))
 
-    # 3. model, objective, optimizer
+    # 2. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
-    model = load_trainable(cfg, quant, device=device, local_rank=accelerator.local_process_index)
+    model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
     accelerator.print(f"[tunelab] {describe(model, cfg.method.name)}")
     trainable, total = count_params(model)
     objective = build_objective(cfg.stage, packing=cfg.data.packing, pad_id=tokenizer.pad_token_id)
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
     module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)
+    state = None
+    if resume_from is not None:
+        try:
+            state = TrainState.from_dict(ckpt.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler))
+        except Exception as e:  # a checkpoint of another shape, a truncated file: nothing has been changed yet
+            raise UserError(f"--resume: cannot restore {resume_from} into this run's model and optimizer "
+                            f"({type(e).__name__}: {e}); no file of {run_dir} was changed") from None
+        accelerator.print(f"[tunelab] resumed from {resume_from} at step {state.step}")
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / MARKER).is_file():
+            mark(run_dir, "run")
         C.save(cfg, run_dir / rundir.CONFIG)
         (run_dir / rundir.DATA_STATS).write_text(json.dumps(prepared.stats, indent=2, ensure_ascii=False))
-    resume_step = json.loads((resume_from / "state.json").read_text())["step"] if resume_from else None
+        history = (resumed or {}).get("resumes", [])
+        if state is not None:  # what changed (safe keys only) is recorded with the step it changed at
+            history = [*history, {"step": state.step, "changed": {k: list(v) for k, v in resumed["changes"].items()}}]
+        rundir.write_fingerprint(run_dir, {**fingerprint, "resumes": history})
     logger = MetricsLogger(run_dir, enabled=main, report_to=cfg.output.report_to, config=C.to_dict(cfg),
-                           resume_step=resume_step)
+                           resume_step=(state.step if state else 0) if resume else None)
     accelerator.print(f"[tunelab] {len(train_ds)} train / {len(val_ds)} validation examples, "
                       f"{steps_per_epoch} steps per epoch, {total_steps} steps, precision {mp}, device {device}"
                       f" x {accelerator.num_processes}")
-    # 4. fit
+    # 3. fit
     settings = FitSettings(total_steps=total_steps, max_grad_norm=t.max_grad_norm, log_every=t.log_every,
                            eval_every=t.eval_every, save_every=t.save_every, keep_last=t.keep_last,
                            patience=t.early_stopping_patience)
     try:
         state = fit(accelerator, model, module, objective, optimizer, scheduler, train_ds, val_ds, plan, settings,
-                    run_dir=run_dir, logger=logger, resume_from=resume_from, callbacks=callbacks)
+                    run_dir=run_dir, logger=logger, state=state, callbacks=callbacks)
     finally:
         logger.close()
+    if t.load_best and state.best_step is not None and state.best_step != state.step:
+        # model/ gets the weights of the best validation loss (its checkpoint is never pruned)
+        ckpt.load_weights(run_dir / rundir.CHECKPOINTS / f"step-{state.best_step:06d}", model)
+        accelerator.print(f"[tunelab] training.load_best: model/ holds step {state.best_step} "
+                          f"(validation loss {state.best_val:.4f}), not the last step {state.step}")
 
-    # 5. summary and the model
+    # 4. summary and the model
+    import platform
+
+    from ..env import environment
     from ..memory import peak_memory_mb
 
     peak, peak_kind = peak_memory_mb(accelerator.device)
@@ -182,8 +253,10 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         "supervised_tokens_per_s": round(state.supervised_tokens / max(state.train_time_s, 1e-9), 2),
         "final_train_loss": state.last_train_loss, "final_val_loss": state.last_val_loss,
         "best_val_loss": None if math.isinf(state.best_val) else state.best_val, "best_step": state.best_step,
+        "model_step": state.best_step if t.load_best and state.best_step is not None else state.step,
         "stopped_early": state.stopped_early, "precision": mp, "device": device,
         "num_processes": accelerator.num_processes,
+        "environment": environment(torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"),
     }
     accelerator.wait_for_everyone()
     if main:
