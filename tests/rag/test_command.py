@@ -16,7 +16,7 @@ def test_index_query_eval_info_remove(capsys, corpus, questions_file, tmp_path, 
     kb = tmp_path / "kb"
     code, out, _ = run(capsys, "index", corpus, "--output", kb, "--encoder", tiny_encoder, "--chunk-tokens", "16")
     assert code == 0 and "2 file(s)" in out and "2 added, 0 re-indexed, 0 unchanged" in out and "32-dim" in out
-    code, out, _ = run(capsys, "index", corpus, "--output", kb)
+    code, out, _ = run(capsys, "index", corpus, "--output", kb)  # same settings and encoder as the index's
     assert code == 0 and "0 added, 0 re-indexed, 2 unchanged" in out
 
     code, out, _ = run(capsys, "query", kb, "三角形的内角和", "-k", "2", "--mode", "bm25")

@@ -44,8 +44,9 @@ def test_recall_and_mrr_with_minilm(corpus, questions_file, tmp_path):
     index_sources(tmp_path / "kb", [str(corpus)], encoder="minilm", log=lambda *_: None)
     report = evaluate(Retriever(tmp_path / "kb"), load_questions(questions_file), k=5)
     got = {m: (round(r["recall@1"], 2), round(r["recall@5"], 2), round(r["mrr@5"], 3)) for m, r in report.items()}
-    # measured values, pinned: paraphrases with few shared words are where the dense encoder helps
-    assert got == {"bm25": BM25, "dense": DENSE, "hybrid": HYBRID}, got
+    # measured values (recall@1, recall@5, MRR@5), pinned: paraphrases sharing few words with their record
+    # are where the dense encoder helps; hybrid recovers dense's recall@5 but its top 1 is pulled by BM25
+    assert got == {"bm25": (0.6, 0.7, 0.633), "dense": (0.9, 1.0, 0.95), "hybrid": (0.7, 1.0, 0.792)}, got
     assert report["dense"]["recall@5"] > report["bm25"]["recall@5"]
 
 

@@ -31,7 +31,8 @@ def token_spans(text: str, tokenizer: Any = None) -> list[tuple[int, int]]:
     """(start, end) character offsets of each token."""
     if tokenizer is None:
         return [m.span() for m in _FALLBACK.finditer(text)]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: a whole file is longer than the model reads; only its offsets are wanted here
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     # Some tokenizers give (0, 0) for tokens that cover no character; they cannot start or end a cut.
     return [(a, b) for a, b in enc["offset_mapping"] if b > a]
 

@@ -1,6 +1,6 @@
 """`tunelab rag ...`: build, update, query and evaluate a retrieval index from the command line.
 
-    tunelab rag index SOURCES... --output INDEX [--field F] [--encoder minilm] [--chunk-tokens 256 --overlap 32]
+    tunelab rag index SOURCES... --output INDEX [--field F] [--encoder minilm] [--chunk-tokens 256] [--overlap 32]
     tunelab rag query INDEX "question" [-k 5] [--mode bm25|dense|hybrid] [--json]
     tunelab rag eval INDEX QUESTIONS.jsonl [-k 10] [--output report.json]
     tunelab rag remove INDEX FILE...
@@ -25,16 +25,19 @@ def add_parsers(subparsers: Any) -> Callable[[argparse.Namespace], int]:
                                 description=__doc__.split("\n\n")[0])
     sub = rag.add_subparsers(dest="rag_command", metavar="SUBCOMMAND", required=True)
 
-    p = sub.add_parser("index", help="build or update an index from files (incremental: changed files only)")
+    p = sub.add_parser("index", help="build or update an index from files (incremental: changed files only)",
+                       description="Build INDEX, or update it: only new and changed files are (re-)indexed. "
+                                   "Settings not given keep the index's previous values.")
     p.add_argument("sources", nargs="+", help="files (.jsonl .json .csv .tsv .parquet .txt .md), folders, built-in data names")
     p.add_argument("--output", required=True, metavar="INDEX", help="index folder (created, or updated if it exists)")
     p.add_argument("--field", help="record text: a column (solution) or a template ('{question}\\n{answer}'); "
                                    "default: question/answer, problem/solution, instruction/input/output, ...")
     p.add_argument("--id-field", help="column with document ids (default: 'id' if present, else file:line)")
     p.add_argument("--encoder", help="dense encoder: built-in name (minilm), folder or hub id; none = BM25 only")
-    p.add_argument("--chunk-tokens", type=int, default=256, help="tokens per chunk of text files (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive chunks (default 32)")
-    p.add_argument("--chunk-items", action="store_true", help="also cut long records (default: one chunk per record)")
+    p.add_argument("--chunk-tokens", type=int, help="tokens per chunk of text files (default 256)")
+    p.add_argument("--overlap", type=int, help="tokens shared by consecutive chunks (default: chunk-tokens / 8)")
+    p.add_argument("--chunk-items", action=argparse.BooleanOptionalAction,
+                   help="also cut long records (default: one chunk per record)")
     p.add_argument("--prune", action="store_true", help="remove files indexed before that are not among SOURCES")
     p.add_argument("--batch-size", type=int, default=32, help="encoder batch size (default 32)")
 
@@ -74,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from tunelab.rag.indexing import index_sources
 
-    s = index_sources(args.output, args.sources, field=args.field, id_field=args.id_field, encoder=args.encoder,
+    # a shell passes '{question}\n{answer}' with a backslash and an n: read it as the newline it means
+    field = args.field.replace("\\n", "\n").replace("\\t", "\t") if args.field else None
+    s = index_sources(args.output, args.sources, field=field, id_field=args.id_field, encoder=args.encoder,
                       chunk_tokens=args.chunk_tokens, overlap=args.overlap, chunk_items=args.chunk_items,
                       prune=args.prune, batch_size=args.batch_size)
     enc = f"encoder {s['encoder'][0]} ({s['encoder'][1]}-dim)" if s["encoder"] else "BM25 only (no --encoder)"

@@ -29,6 +29,7 @@ from tunelab.rag.store import Store
 FLAT_MAX = 50_000
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 64, 128
 REBUILD_DELETED = 0.2
+FEW_QUERIES = 20  # below this many queries per call, search on one thread (see search_index)
 
 
 def new_index(kind: str, dim: int, *, m: int = HNSW_M, ef_construction: int = EF_CONSTRUCTION) -> Any:
@@ -59,7 +60,15 @@ def search_index(index: Any, queries: np.ndarray, k: int, *, ef_search: int = EF
             selector = faiss.IDSelectorNot(batch)
             params.sel = selector
             keep = (batch, selector)  # SWIG does not own them: keep both alive through the search
-    scores, positions = index.search(queries, k, params=params)
+    # A few queries run on one OpenMP thread: on a busy 2-core machine, FAISS's threads waiting for
+    # each other made one exact query at 50k vectors take 16 ms instead of 2.3 ms (measured here).
+    threads = faiss.omp_get_max_threads()
+    if len(queries) < FEW_QUERIES:
+        faiss.omp_set_num_threads(1)
+    try:
+        scores, positions = index.search(queries, k, params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
     del keep
     return scores, positions
 

@@ -3,7 +3,7 @@
     summary = index_sources("kb", ["notes/", "gsm8k"], encoder="minilm", field="{question}\\n{answer}")
 
 A file is re-indexed when its content hash or the settings that cut it (field, id column, chunk size,
-overlap, tokenizer) changed since the last run; `prune=True` also removes files indexed before that
+overlap, tokenizer) changed since the last run; settings not given are the index's previous ones; `prune=True` also removes files indexed before that
 are not among `sources` now; `remove_files` removes the ones named. Each file is replaced in one
 transaction, so an interrupted run leaves every file either as it was or fully updated.
 
@@ -30,24 +30,32 @@ from tunelab.rag.documents import content_hash, display_path, expand_sources, fi
 from tunelab.rag.lexical import tokenize
 from tunelab.rag.store import STORE_FILE, Chunk, Store
 
-CHUNK_TOKENS, OVERLAP = 256, 32
+DEFAULTS = {"field": None, "id_field": None, "chunk_tokens": 256, "overlap": 32, "chunk_items": False}
 EMBED_BATCH = 512  # chunks embedded and written per step of a file's transaction
 
 
 def index_sources(index_dir: str | Path, sources: list[str], *, field: str | None = None, id_field: str | None = None,
-                  encoder: str | None = None, chunk_tokens: int = CHUNK_TOKENS, overlap: int = OVERLAP,
-                  chunk_items: bool = False, prune: bool = False, batch_size: int = 32,
+                  encoder: str | None = None, chunk_tokens: int | None = None, overlap: int | None = None,
+                  chunk_items: bool | None = None, prune: bool = False, batch_size: int = 32,
                   flat_max: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    check_sizes(chunk_tokens, overlap)
+    """Settings left None take the index's previous ones (so a plain re-run only picks up changed files),
+    else the defaults: auto field, 256 tokens, overlap chunk_tokens / 8, one chunk per record."""
     files = expand_sources(sources)
     index_dir = Path(index_dir)
     fresh = not (index_dir / STORE_FILE).exists()
     created_dir = not index_dir.exists()
     store = Store.create(index_dir)
     try:
+        given = {"field": field, "id_field": id_field, "chunk_tokens": chunk_tokens, "overlap": overlap,
+                 "chunk_items": chunk_items}
+        settings = {**DEFAULTS, **json.loads(store.get_meta("settings") or "{}"),
+                    **{k: v for k, v in given.items() if v is not None}}
+        if chunk_tokens is not None and overlap is None:  # a new size without an overlap: the size's default
+            settings["overlap"] = chunk_tokens // 8
+        field, id_field, chunk_tokens, overlap, chunk_items = (settings[k] for k in given)
+        check_sizes(chunk_tokens, overlap)
         enc = _encoder_for(store, encoder)
-        settings = {"field": field, "id_field": id_field, "chunk_tokens": chunk_tokens, "overlap": overlap,
-                    "chunk_items": chunk_items, "tokenizer": enc.name if enc else "fallback"}
+        settings["tokenizer"] = enc.name if enc else "fallback"
         summary: dict[str, Any] = {"added": [], "updated": [], "unchanged": [], "removed": [], "empty": []}
         known = store.files()
         t0 = time.perf_counter()
@@ -76,6 +84,7 @@ def index_sources(index_dir: str | Path, sources: list[str], *, field: str | Non
             raise DataError(f"nothing to index: {len(files)} file(s) read ({', '.join(display_path(str(f)) for f in files[:5])}"
                             f"{', ...' if len(files) > 5 else ''}) gave no text (empty files, or empty fields"
                             f"{f' {field!r}' if field else ''})")
+        store.set_meta("settings", json.dumps({k: settings[k] for k in given}))
         if enc is not None:
             _sync_dense(store, flat_max, log)
         summary.update(chunks=store.count(), files=len(store.files()), encoder=store.encoder,
