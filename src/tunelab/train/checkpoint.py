@@ -92,6 +92,10 @@ def load(path: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) 
     if missing:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:3]}...); "
                          "was it written by a run with another method or model?")
+    wrong = [f"{n} {tuple(t.shape)} != {tuple(params[n].shape)}" for n, t in weights.items()
+             if n in params and t.shape != params[n].shape]  # copy_ would broadcast instead of failing
+    if wrong:
+        raise ValueError(f"{path}: checkpoint shapes do not match the model: {wrong[:3]}")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
