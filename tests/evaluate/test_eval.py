@@ -86,9 +86,12 @@ def test_eval_writes_results_and_resumes(tmp_path, capsys):
 
 def test_malformed_predictions_line_is_named(tmp_path, capsys):
     out = tmp_path / "ev"
-    out.mkdir()
-    (out / "predictions.jsonl").write_text('{"id": "x", "sample": 0}\n{broken\n')
-    assert main(["eval", "--model", "tiny-qwen3", "--task", "arith", "--limit", "2", "--output", str(out)]) == 2
+    args = ["eval", "--model", "tiny-qwen3", "--task", "arith", "--limit", "2", "--max-new-tokens", "2",
+            "--output", str(out)]
+    assert main(args) == 0
+    first = (out / "predictions.jsonl").read_text().splitlines()[0]
+    (out / "predictions.jsonl").write_text(first + "\n{broken\n")
+    assert main(args) == 2
     assert "predictions.jsonl:2: malformed JSON line" in capsys.readouterr().err
 
 
@@ -215,3 +218,21 @@ def test_smollm2_on_gsm8k_and_math500(tmp_path):
         assert results["n"] == 4 and results["model"] == "smollm2-135m-instruct"
         assert "accuracy" in results and (task != "math500" or "by_subject" in results)
         assert (task != "gsm8k") or "strict_accuracy" in results
+
+
+def test_eval_output_of_another_model_is_not_continued(tmp_path, capsys):
+    out = tmp_path / "ev"
+    common = ["--task", "arith", "--limit", "2", "--max-new-tokens", "2", "--output", str(out)]
+    assert main(["eval", "--model", "tiny-qwen3", *common]) == 0
+    before = (out / "predictions.jsonl").read_text()
+    assert main(["eval", "--model", "smollm2-135m-instruct", *common]) == 2
+    err = capsys.readouterr().err
+    assert "holds another evaluation" in err and "model: 'tiny-qwen3' -> 'smollm2-135m-instruct'" in err
+    assert (out / "predictions.jsonl").read_text() == before
+    assert main(["eval", "--model", "tiny-qwen3", *common[:-2], "--limit", "2", "--max-new-tokens", "3",
+                 "--output", str(out)]) == 2  # other settings: refused too
+    assert main(["eval", "--model", "smollm2-135m-instruct", *common, "--overwrite"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"] == "smollm2-135m-instruct"
+    assert all("smollm2" not in l or True for l in (out / "predictions.jsonl").read_text().splitlines())
+    assert (out / "predictions.jsonl").read_text() != before

@@ -135,3 +135,61 @@ def test_data_scale_chart(tmp_path):
     build([tmp_path / "study"])
     md = (tmp_path / "study" / "report.md").read_text()
     assert "against data size" in md and (tmp_path / "study" / "data_scale.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_each_variant_has_its_own_peak_memory(tmp_path):
+    """Variants train in processes of their own: a small variant run after a big one reports its own
+    peak, equal (within 10%) to the same run trained alone."""
+    import subprocess
+    import sys
+
+    variants = {"big": {"training.batch_size": 8, "data.max_length": 512, "method.name": "full"},
+                "small": {"training.batch_size": 1, "data.max_length": 128}}
+    path = write_exp(tmp_path, variants)
+    status = run(S.load(path))
+    assert status == {"big": "trained", "small": "trained"}
+    peaks = {n: json.loads((tmp_path / "study/runs" / n / "summary.json").read_text())["peak_mem_mb"] for n in variants}
+    exp = S.load(path)
+    for name in variants:
+        alone = tmp_path / f"alone_{name}"
+        cfg = exp.variants[name]
+        cfg.output.dir = str(alone)
+        C.save(cfg, tmp_path / f"{name}.yaml")
+        subprocess.run([sys.executable, "-m", "tunelab", "train", str(tmp_path / f"{name}.yaml")], check=True,
+                       capture_output=True)
+        own = json.loads((alone / "summary.json").read_text())["peak_mem_mb"]
+        assert abs(peaks[name] - own) <= 0.1 * own, (name, peaks[name], own)
+    assert peaks["big"] > 1.2 * peaks["small"]  # different enough that carrying over would show
+
+
+def test_changed_variant_or_eval_settings_are_refused_until_rerun(tmp_path):
+    path = write_exp(tmp_path, {"a": {}}, {"tasks": ["arith_en"], "limit": 2, "max_new_tokens": 2, "base_model": False})
+    assert run(S.load(path)) == {"a": "trained"}
+    before = (tmp_path / "study/runs/a/summary.json").read_bytes()
+    # the variant's learning rate edited: the old run must not be reported as the new one
+    spec = yaml.safe_load(path.read_text())
+    spec["variants"]["a"] = {"optimizer.lr": 0.05}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(C.ConfigError, match=r"(?s)variant a: optimizer.lr: 0.0002 -> 0.05.*--rerun"):
+        run(S.load(path))
+    # the eval limit edited
+    spec["variants"]["a"] = {}
+    spec["evaluation"]["limit"] = 3
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(C.ConfigError, match=r"eval of a on arith_en: limit: 2 -> 3"):
+        run(S.load(path))
+    assert (tmp_path / "study/runs/a/summary.json").read_bytes() == before
+    assert run(S.load(path), rerun=["a"]) == {"a": "trained"}
+    res = json.loads((tmp_path / "study/eval/a/arith_en/results.json").read_text())
+    assert res["n"] == 3
+
+
+def test_run_never_deletes_a_users_file_in_a_variant_directory(tmp_path):
+    path = write_exp(tmp_path, {"a": {}})
+    mine = tmp_path / "study/runs/a/notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep")
+    with pytest.raises(C.ConfigError, match="holds files tunelab did not write"):
+        run(S.load(path))
+    assert mine.read_text() == "keep"
