@@ -11,10 +11,11 @@ from tunelab.data.answers import (
     extract_choice,
     extract_hash_answer,
     extract_last_number,
+    final_answer_line,
     last_boxed,
     split_hash_answer,
 )
-from tunelab.data.formats import read_gsm8k, read_math
+from tunelab.data.formats import read_belle_math, read_gsm8k, read_math
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -65,3 +66,40 @@ def test_gold_and_prediction_read_alike():
     raw = "Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072"
     conv = read_gsm8k({"question": "q", "answer": raw})
     assert conv["answer"] == extract_hash_answer(raw) == "1072"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("5+3=8（个）\n答案：8个。", "8"),
+    ("\n答案：小明一共有8个苹果。", "8"),
+    ("答案:1,250元", "1250"),
+    ("所以小红的多。\n答案：小红", "小红"),  # no number: the phrase is the answer
+    ("答案：B。", "B"),
+    ("答案：\\boxed{3/4}", "3/4"),
+    ("答案：" + "很长" * 20, None),  # a sentence, not an answer
+    ("答案是12，答：共13个。", "13"),  # the latest marker wins
+])
+def test_chinese_reads_the_answer_line(text, expected):
+    assert extract_chinese_answer(text) == expected
+
+
+def test_final_answer_line_is_the_gold_of_belle_school_math():
+    assert final_answer_line("\n先算5+3=8。\n答案：8个。") == "8"
+    assert final_answer_line("答案：3个，中间有答案：的文字\n最后\n答案：5") == "5"
+    # a solution that ends in a sentence has no answer line: no gold answer rather than a guess
+    assert final_answer_line("\n因此，小明手上原来有23元钱。") is None
+    assert final_answer_line("答：这条鱼24元钱。") is None
+    assert EXTRACTORS["chinese"] is extract_chinese_answer
+
+
+def test_belle_math_gold_and_prediction_read_alike():
+    """The grader (evaluate/grading.py, DEFAULT_EXTRACTORS) reads a prediction's `答案：` line as the
+    reader read the gold one: BELLE school_math is graded by exact match."""
+    from tunelab.evaluate.grading import grade
+
+    conv = read_belle_math({"instruction": "题目：小明有5个苹果，妈妈又给了他3个，他一共有几个苹果？", "input": "",
+                            "output": "\n小明原来有5个苹果，妈妈又给了3个，5+3=8（个）。\n答案：8个。"})
+    assert conv["answer"] == "8"
+    verdict = grade("5 + 3 = 8\n答案：一共有8个苹果。", conv["answer"])
+    assert verdict.correct and verdict.method == "chinese" and verdict.extracted == "8"
+    assert not grade("5 + 3 = 9\n答案：9个", conv["answer"]).correct
+    assert grade("比较后得出。\n答案：小红", "小红").correct

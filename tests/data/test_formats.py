@@ -56,11 +56,37 @@ def test_alpaca_bad_history():
         read("alpaca", {"instruction": "q", "output": "a", "history": [["only one"]]}, where="f.json[2]")
 
 
-def test_belle_math():
-    rec = {"instruction": "题目：小明有3个苹果，又买了2个，一共有几个？", "input": "", "output": "3+2=5，一共有5个。"}
-    assert read("belle_math", rec) == {
-        "messages": [U("题目：小明有3个苹果，又买了2个，一共有几个？"), A("3+2=5，一共有5个。")],
-        "answer": None, "meta": {"task": "math"}}
+# Laid out like BelleGroup/school_math_0.25M: `题目：` questions, empty input, solutions that start with a
+# newline and (mostly) end with an `答案：` line.
+BELLE_MATH = [
+    {"instruction": "题目：小明有5个苹果，妈妈又给了他3个，他一共有几个苹果？", "input": "",
+     "output": "\n小明原来有5个苹果，妈妈又给了他3个。\n5 + 3 = 8（个）\n答案：8个。"},
+    {"instruction": "题目：一箱鸡蛋有30个，每天吃4个，吃了5天后还剩多少个？", "input": "",
+     "output": "\n5天一共吃了：4 × 5 = 20（个）\n还剩：30 - 20 = 10（个）\n答案：还剩10个鸡蛋。"},
+    {"instruction": "题目：小红有12颗糖，小华有9颗糖，谁的糖多？", "input": "",
+     "output": "\n12 > 9，所以小红的糖多。\n答案：小红"},
+    {"instruction": "题目：小明买了一支钢笔，花费了5元，又买了一本书，花费8元，现在他手里还有10元钱，他手上原来有多少钱？",
+     "input": "", "output": "\n令小明手上原来有的钱为X元。\nX - 5 - 8 = 10\nX = 23\n因此，小明手上原来有23元钱。"},
+]
+
+
+def test_belle_math_takes_the_answer_line_as_gold():
+    assert read("belle_math", BELLE_MATH[0]) == {
+        "messages": [U("题目：小明有5个苹果，妈妈又给了他3个，他一共有几个苹果？"),
+                     A("\n小明原来有5个苹果，妈妈又给了他3个。\n5 + 3 = 8（个）\n答案：8个。")],
+        "answer": "8", "meta": {"task": "math", "answer_format": "answer_line"}}
+    assert [read("belle_math", r)["answer"] for r in BELLE_MATH] == ["8", "10", "小红", None]
+
+
+def test_belle_math_instruction_asks_for_the_answer_line():
+    from tunelab.data.prompts import ANSWER_LINE_INSTRUCTION, apply_prompts
+
+    conv = apply_prompts(read("belle_math", BELLE_MATH[1]))
+    assert conv["messages"][0]["content"] == ("题目：一箱鸡蛋有30个，每天吃4个，吃了5天后还剩多少个？\n"
+                                              "请一步一步推理，并在最后一行写出“答案：”和最终答案。")
+    assert ANSWER_LINE_INSTRUCTION in conv["messages"][0]["content"] and "boxed" not in conv["messages"][0]["content"]
+    assert apply_prompts(read("belle_math", BELLE_MATH[1]), instruction="只写答案")["messages"][0]["content"] \
+        .endswith("\n只写答案")
 
 
 def test_belle_multiturn_two_earlier_turns_trailing_assistant():

@@ -147,7 +147,8 @@ def test_text_records_skip_validation(tmp_path):
 
 def test_unsupported_extension_and_missing_file(tmp_path):
     (tmp_path / "d.xml").write_text("<a/>")
-    with pytest.raises(DataError, match="unsupported file type '.xml'"):
+    with pytest.raises(DataError, match=r"unsupported file type '.xml'; supported: data .json, .jsonl, .csv, .tsv, "
+                                        r".parquet; text .txt, .md; or a folder"):
         list(iter_records(str(tmp_path / "d.xml")))
     with pytest.raises(DataError, match="not an existing file or directory"):
         resolve(str(tmp_path / "missing.jsonl"))
@@ -254,3 +255,101 @@ def test_generated_arith(name, langs):
     assert all(c["meta"]["task"] == "math" and isinstance(c["answer"], str) for c in convs)
     assert convs == load_conversations(name, n=20, seed=3)  # same seed, same data
     assert [w for w, _ in iter_records(name, n=2)] == [f"{name}[0]", f"{name}[1]"]
+
+
+# -- roles out of order --------------------------------------------------------------------------------------
+def _chat(*turns, system=None):
+    convs = [{"from": r, "value": v} for r, v in turns]
+    return {"conversations": convs, **({"system": system} if system else {})}
+
+
+def test_two_turns_of_one_role_in_a_row_name_the_record(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [_chat(("human", "hi"), ("gpt", "hello")),
+                                              _chat(("human", "a"), ("human", "b"), ("gpt", "c"))])
+    with pytest.raises(DataError, match=rf"^{path}:2: roles out of order: message 1 is a second user turn in a row "
+                                        r"\(messages 0 and 1\); user and assistant turns must alternate$"):
+        load_conversations(str(path))
+    path = write_jsonl(tmp_path / "d.jsonl", [_chat(("human", "a"), ("gpt", "b"), ("gpt", "c"), system="s")])
+    with pytest.raises(DataError, match=rf"^{path}:1: roles out of order: message 3 is a second assistant turn"):
+        load_conversations(str(path))
+
+
+def test_leading_assistant_turns_are_removed_and_counted(tmp_path):
+    from collections import Counter
+
+    from tunelab.data.sources import iter_conversations
+
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        _chat(("gpt", "Hello! How can I help you today?"), ("human", "1+1?"), ("gpt", "2")),
+        _chat(("gpt", "Hi."), ("gpt", "Anyone there?"), ("human", "yes"), ("gpt", "good"), system="Be kind."),
+        _chat(("human", "q"), ("gpt", "a")),
+    ])
+    fixes = Counter()
+    convs = [c for _, c in iter_conversations(str(path), fixes=fixes)]
+    assert [c["messages"] for c in convs] == [
+        [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}],
+        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "yes"},
+         {"role": "assistant", "content": "good"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    assert fixes == {"leading_assistant_turn": 3}
+    path = write_jsonl(tmp_path / "e.jsonl", [_chat(("gpt", "Hello!"), ("human", "bye"))])
+    with pytest.raises(DataError, match=rf"{path}:1: a training conversation needs at least one assistant message"):
+        load_conversations(str(path))
+
+
+def test_validate_alone_refuses_a_leading_assistant_turn():
+    from tunelab.data.conversation import validate
+
+    with pytest.raises(DataError, match=r"^x:3: message 1 is an assistant turn before any user turn"):
+        validate({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"},
+                               {"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}, "x:3")
+
+
+# -- text files and folders ----------------------------------------------------------------------------------
+def test_text_file_and_folder_are_text_corpora(tmp_path):
+    (tmp_path / "docs" / "deep").mkdir(parents=True)
+    (tmp_path / "docs" / "b.md").write_bytes(b"# B\r\n\r\nsecond\r\n")
+    (tmp_path / "docs" / "deep" / "a.txt").write_text("first\n\n\nparagraph two", encoding="utf-8")
+    (tmp_path / "docs" / "notes.json").write_text('{"text": "not a text file"}')
+    assert resolve(str(tmp_path / "docs")) == ("textdir", str(tmp_path / "docs"), "text", None)
+    assert list(iter_records(str(tmp_path / "docs"))) == [
+        (str(tmp_path / "docs" / "b.md"), {"text": "# B\r\n\r\nsecond\r\n"}),  # whole files, exactly as written
+        (str(tmp_path / "docs" / "deep" / "a.txt"), {"text": "first\n\n\nparagraph two"})]
+    assert load_conversations(str(tmp_path / "docs" / "deep" / "a.txt"), source="t") == [
+        {"text": "first\n\n\nparagraph two", "meta": {"source": "t"}}]
+
+
+def test_folder_without_text_files_names_both_kinds(tmp_path):
+    (tmp_path / "x.jsonl").write_text("{}")
+    with pytest.raises(DataError, match=rf"folder '{tmp_path}' has no .txt or .md files .*save_to_disk"):
+        list(iter_records(str(tmp_path)))
+
+
+# -- files that are not UTF-8 --------------------------------------------------------------------------------
+GBK = "答案".encode("gbk")  # b"\xb4\xf0\xb0\xb8"
+
+
+@pytest.mark.parametrize("name,content,offset,line", [
+    ("d.jsonl", b'{"text": "ok"}\n{"text": "' + GBK + b'"}\n', 25, 2),
+    ("d.json", b'[{"text": "ok"},\n {"text": "' + GBK + b'"}]', 28, 2),
+    ("d.csv", b"instruction,output\nq,a\n" + GBK + b",b\n", 23, 3),
+    ("d.txt", "第一行\n".encode() + GBK, 10, 2),
+])
+def test_not_utf8_names_file_byte_offset_and_line(tmp_path, name, content, offset, line):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert content[offset:offset + 1] == b"\xb4"
+    with pytest.raises(DataError, match=rf"^{path}: not UTF-8 text: byte 0xb4 at byte offset {offset} \(line {line}\); "
+                                        r"convert the file first"):
+        load_conversations(str(path))
+
+
+def test_csv_field_longer_than_csv_limit_is_a_record_not_a_traceback(tmp_path):
+    path = tmp_path / "big.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["instruction", "output"])
+        writer.writeheader()
+        writer.writerows([{"instruction": "q", "output": "x" * 200_000}, {"instruction": "q2", "output": "y"}])
+    convs = load_conversations(str(path))
+    assert [len(c["messages"][1]["content"]) for c in convs] == [200_000, 1]
+

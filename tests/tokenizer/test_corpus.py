@@ -99,7 +99,8 @@ def test_text_field_missing(tmp_path):
 def test_unsupported_file_type(tmp_path):
     f = tmp_path / "notes.rst"
     f.write_text("text")
-    with pytest.raises(DataError, match=r"notes.rst: unsupported corpus file type '.rst'; text: .txt, .md; data:"):
+    with pytest.raises(DataError, match=r"notes.rst: unsupported file type '.rst'; supported: data .json, .jsonl, "
+                                        r".csv, .tsv, .parquet; text .txt, .md"):
         list(iter_texts([f]))
 
 
@@ -110,3 +111,16 @@ def test_is_a_stream(tmp_path):
     assert next(it)[1] == "one"
     with pytest.raises(DataError, match="missing.jsonl"):
         next(it)
+
+
+def test_one_reader_with_prepare(tmp_path):
+    """The corpus reads files and records through tunelab.data.sources, as `tunelab prepare` does: the same
+    text, the same conversion; only the validation of training conversations is left out (a corpus of
+    questions alone is still text)."""
+    from tunelab.data.sources import iter_records
+
+    (tmp_path / "a.md").write_text("one\r\n\r\ntwo\n")
+    assert "".join(t for _, t in iter_texts([tmp_path])) == iter_records(str(tmp_path)).__next__()[1]["text"]
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}))
+    assert list(iter_texts([f])) == [(f"{f}:1 message 0", "a"), (f"{f}:1 message 1", "b")]

@@ -8,7 +8,9 @@ Extractors, each `text -> str | None` (None: nothing found), registered in `EXTR
 - `boxed`: the last complete `\\boxed{..}` / `\\fbox{..}` (nested braces kept), or `\\boxed 5`;
 - `hash`: GSM8K's `#### N` (commas between digits removed);
 - `answer_is`: what follows the last "the answer is";
-- `chinese`: the number of the last "答：" / "答案是" / "答案：" sentence, or "=N（unit）";
+- `chinese`: the number of the last "答：" / "答案是" / "答案为" / "答案：" sentence, or "=N（unit）";
+  an "答案：" line without a number gives its text ("答案：小红" -> "小红"), BELLE school_math's
+  convention (`final_answer_line` reads gold answers the same way);
 - `last_number`: the last number in the text (lm-eval's flexible fallback);
 - `choice`: a multiple-choice letter ("答案是C", "(B)", `\\boxed{C}`, a final letter).
 Every extractor is linear in the length of its input (tested on 100,000-character inputs).
@@ -85,15 +87,19 @@ def extract_answer_is(text: str) -> str | None:
     return _strip_wrappers(line) or None
 
 
-# "答：这条鱼24元钱。" / "答案是..." / "答案为...": the number in that sentence.
-_ZH_MARKER_RE = re.compile(r"答案\s*(?:是|为)|答\s*[:：]")
+# "答：这条鱼24元钱。" / "答案是..." / "答案为..." / "答案：...": the number in that sentence.
+_ZH_MARKER_RE = re.compile(r"答案\s*(?:是|为|[:：])|答\s*[:：]")
 _ZH_SENTENCE_END_RE = re.compile(r"[。！？!?；;\n]|\.(?!\d)")
 # "=3/4（吨）": a result followed by a unit in parentheses, the way Chinese solutions end equations.
 _ZH_RESULT_RE = re.compile(r"=\s*(" + _NUMBER + r")\s*[（(]\s*[\u4e00-\u9fff]{1,4}\s*[)）]")
+# "答案：" as a line of its own ("\n答案：12个。"): BELLE school_math's final-answer convention.
+_ANSWER_LINE_RE = re.compile(r"答案\s*[:：][ \t]*([^\n]*)")
+_PHRASE_MAX = 30  # an answer phrase longer than this is a sentence, not an answer
 
 
 def extract_chinese_answer(text: str) -> str | None:
-    """The number in the last Chinese answer sentence ("答：", "答案是", "答案为") or "=N（unit）"."""
+    """The number in the last Chinese answer sentence ("答：", "答案是", "答案为", "答案：") or "=N（unit）";
+    an "答案：" line with no number gives its text (a name, a word, a letter)."""
     candidates = [(m.start(), m.group(1)) for m in _ZH_RESULT_RE.finditer(text)][-1:]
     # The answer is in one of the last answer sentences; looking at the last 50 markers at most keeps a
     # pathological input ("答：" repeated 100,000 times, no number) linear instead of 100,000 searches.
@@ -103,9 +109,21 @@ def extract_chinese_answer(text: str) -> str | None:
         end = _ZH_SENTENCE_END_RE.search(text, m.end(), limit)
         numbers = _NUMBER_RE.findall(text, m.end(), end.start() if end else limit)
         if numbers:  # several numbers ("24+6=30个"): the last is the result
-            candidates.append((m.start(), numbers[-1]))
+            candidates.append((m.start(), _clean_number(numbers[-1])))
             break
+        if m.group().endswith((":", "：")) and m.group().startswith("答案"):
+            phrase = _strip_wrappers(text[m.end():end.start() if end else limit])
+            if phrase and len(phrase) <= _PHRASE_MAX:
+                candidates.append((m.start(), phrase))
+                break
     return _clean_number(max(candidates)[1]) if candidates else None  # the latest one wins
+
+
+def final_answer_line(text: str) -> str | None:
+    """Gold answer of a solution that ends with an "答案：..." line (BELLE school_math): what
+    `extract_chinese_answer` reads from that last line, or None when the text has no such line."""
+    lines = list(_ANSWER_LINE_RE.finditer(text))
+    return extract_chinese_answer(text[lines[-1].start():]) if lines else None
 
 
 def extract_last_number(text: str) -> str | None:

@@ -4,6 +4,22 @@ Order matters: duplicates are removed *before* the seeded train/validation split
 splits never share an example (exactly or nearly: near-duplicates are found with MinHash + LSH from
 `datasketch` on character 5-gram shingles, which works for Chinese as well as English).
 Length filtering happens after rendering (it needs token counts): see `prepare.py`.
+
+Normalisation (`data.normalize`) changes what the model learns from, so it is a choice:
+- `none`: contents untouched (then the prepared ids equal `apply_chat_template` of the raw data);
+- `basic` (default): NFC, unix newlines, zero-width characters removed, and whitespace before the
+  first character of an assistant reply removed; spaces and blank lines inside messages are kept, so
+  code keeps its indentation and PEP 8 blank lines. The reply rule exists because a reply starts
+  right after the template's `assistant\\n`: (1) Qwen3's template drops blank lines at the start of
+  the last reply (`content.lstrip('\\n')`), so the ids could not equal the template's; (2) byte-level
+  tokenizers without a newline rule in their pre-tokenizer (SmolLM2's, GPT-2's) merge that `\\n` with
+  following spaces into one token, so the reply would not start on a token boundary and the prompt
+  a model is asked with at inference (ending in `\\n`) would not be a prefix of what it trained on;
+  (3) a blank line or space before every answer would be learned as a habit. Only the first line's
+  indentation is lost. Doing it for every template keeps the cleaned conversations, and so the data
+  fingerprint, independent of the tokenizer;
+- `full`: also no-break spaces made plain, trailing spaces of every line removed, runs of blank
+  lines collapsed to one, and every message stripped (tunelab's behaviour before `data.normalize`).
 """
 from __future__ import annotations
 
@@ -15,22 +31,38 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
+from ..errors import DataError
+
+NORMALIZE = ("none", "basic", "full")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\ufeff"), None)
 
 
-def normalise_text(text: str) -> str:
-    """NFC, unix newlines, no zero-width characters, no trailing spaces, at most one blank line."""
+def normalise_text(text: str, mode: str = "basic") -> str:
+    """`text` normalised as `mode` says (see the module docstring); `none` returns it unchanged."""
+    if mode == "none":
+        return text
+    if mode not in NORMALIZE:
+        raise DataError(f"unknown data.normalize {mode!r}; known: {', '.join(NORMALIZE)}")
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
+    if mode == "basic":
+        return text
     text = text.replace("\u00a0", " ")
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return _MANY_NEWLINES.sub("\n\n", text).strip()
 
 
-def normalise(example: dict[str, Any]) -> dict[str, Any]:
+def normalise(example: dict[str, Any], mode: str = "basic") -> dict[str, Any]:
+    if mode == "none":
+        return example
     if "text" in example and "messages" not in example:
-        return {**example, "text": normalise_text(example["text"])}
-    return {**example, "messages": [{**m, "content": normalise_text(m["content"])} for m in example["messages"]]}
+        return {**example, "text": normalise_text(example["text"], mode)}
+
+    def content(m: dict[str, str]) -> str:
+        c = normalise_text(m["content"], mode)
+        return c.lstrip() if m["role"] == "assistant" else c  # `basic`'s reply rule (module docstring)
+
+    return {**example, "messages": [{**m, "content": content(m)} for m in example["messages"]]}
 
 
 def flat_text(example: dict[str, Any]) -> str:
@@ -41,8 +73,9 @@ def flat_text(example: dict[str, Any]) -> str:
 
 def is_empty(example: dict[str, Any]) -> bool:
     if "messages" not in example:
-        return not example["text"]
-    return any(not m["content"] and m["role"] != "system" for m in example["messages"])
+        return not example["text"].strip()
+    # whitespace only is empty too: with `data.normalize` none/basic nothing else strips it
+    return any(not m["content"].strip() and m["role"] != "system" for m in example["messages"])
 
 
 def _shingles(text: str, k: int = 5) -> list[bytes]:
@@ -83,12 +116,21 @@ def dedup(
     return out, drops
 
 
+def validation_count(n: int, val_size: float) -> int:
+    """Examples that go to validation: `val_size` is a fraction when < 1, else a count."""
+    return int(round(val_size * n)) if val_size < 1 else int(val_size)
+
+
 def split(examples: list[Any], *, val_size: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """Seeded shuffle, then the first `val_size` (a fraction < 1, or a count) go to validation."""
+    """Seeded shuffle, then the first `val_size` (a fraction < 1, or a count) go to validation.
+    A split that leaves nothing to train on is a DataError (see `prepare.clean_and_split` for the
+    message with the data's counts), never silently shrunk."""
+    n_val = validation_count(len(examples), val_size)
+    if n_val >= len(examples):
+        raise DataError(f"data.val_size={val_size:g} asks for {n_val} validation examples but there are only "
+                        f"{len(examples)}: nothing would be left to train on")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = int(round(val_size * len(examples))) if val_size < 1 else int(val_size)
-    n_val = min(n_val, max(0, len(examples) - 1))  # always leave something to train on
     val = [examples[i] for i in sorted(order[:n_val])]
     train = [examples[i] for i in order[n_val:]]
     return train, val

@@ -33,15 +33,48 @@ def is_text(example: dict[str, Any]) -> bool:
     return "text" in example and "messages" not in example
 
 
+def drop_leading_replies(conv: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Remove assistant turns that come before the first user turn (after the optional system message).
+
+    Such a turn answers nothing (ShareGPT dumps where the human's first message was lost, chats that
+    open with a bot greeting); supervised, it would teach the model to talk unprompted. It is removed
+    and counted, the rest of the conversation kept (FastChat's preprocessing does the same), because
+    the turns after it are ordinary question/reply pairs. Returns (conversation, turns removed).
+    """
+    msgs = conv.get("messages")
+    if not isinstance(msgs, list):
+        return conv, 0
+    start = 1 if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") == "system" else 0
+    end = start
+    while end < len(msgs) and isinstance(msgs[end], dict) and msgs[end].get("role") == "assistant":
+        end += 1
+    if end == start:
+        return conv, 0
+    return {**conv, "messages": msgs[:start] + msgs[end:]}, end - start
+
+
 def validate(conv: dict[str, Any], where: str = "") -> None:
-    """Check the structure every later stage relies on; `where` names the file and line for errors."""
+    """Check the structure every later stage relies on; `where` names the file and line for errors.
+
+    Roles must alternate user/assistant after the optional system message, starting with user: two
+    turns of one role in a row have no safe repair (merge them? which reply answers which question?),
+    so they are an error naming the record. (Leading assistant turns are removed before this check
+    by `drop_leading_replies`.)"""
     msgs = conv.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: a conversation needs a non-empty 'messages' list")
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: message {i} must be {{role: one of {ROLES}, content: str}}, got {m!r}")
+            raise DataError(f"{where}: message {i} must be {{role: one of {ROLES}, content: str}}, got {m!r:.200}")
         if m["role"] == "system" and i != 0:
             raise DataError(f"{where}: a system message may only come first (message {i})")
+    turns = [(i, m["role"]) for i, m in enumerate(msgs) if m["role"] != "system"]
+    if turns and turns[0][1] != "user":
+        raise DataError(f"{where}: message {turns[0][0]} is an assistant turn before any user turn; "
+                        "the conversation must start with a user turn (after an optional system message)")
+    for (_, a), (i, b) in zip(turns, turns[1:]):
+        if a == b:
+            raise DataError(f"{where}: roles out of order: message {i} is a second {b} turn in a row "
+                            f"(messages {i - 1} and {i}); user and assistant turns must alternate")
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: a training conversation needs at least one assistant message")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from tunelab.data.answers import last_boxed, split_hash_answer
+from tunelab.data.answers import final_answer_line, last_boxed, split_hash_answer
 from tunelab.data.conversation import DataError, conversation, message
 
 Reader = Callable[..., dict]
@@ -124,10 +124,22 @@ def read_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: s
 
 @_register("belle_math", "instruction", "input", "output")
 def read_belle_math(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
+    """BELLE school_math: `题目：...` in `instruction`, a worked solution in `output`.
+
+    Convention kept, not converted: a solution ends with a line `答案：...`, and the gold answer is
+    read from that line by `answers.final_answer_line` (its number, or its text when it has none),
+    the very function the grader uses on a model's output (`chinese` extractor). The record's meta
+    says `answer_format: answer_line`, so `prompts.apply_prompts` asks for that line ("在最后一行写出
+    “答案：”和最终答案") instead of `\\boxed{}`. Why keep it: the targets are the data set's own
+    text; rewriting 250,000 generated solutions around a parsed answer would train on text nobody
+    wrote, and any answer misread would become a wrong target. A solution without an `答案：` line
+    (some records end in a sentence) has `answer=None`: no gold, so it is not graded by exact match.
+    """
     r = _Rec(record, columns, where, "belle_math")
+    output = r.text("output")
     msgs = [message("user", _join(r.text("instruction"), r.text("input", required=False))),
-            message("assistant", r.text("output"))]
-    return conversation(msgs, None, **_meta(options, task="math"))
+            message("assistant", output)]
+    return conversation(msgs, final_answer_line(output), **_meta(options, task="math", answer_format="answer_line"))
 
 
 @_register("belle_seed", "instruction", "instances")

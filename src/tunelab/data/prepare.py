@@ -3,10 +3,25 @@
     tunelab prepare configs/quickstart.yaml data.name=math500 model.name=tiny-qwen3 --output out/math500
 
 Writes `<out>/train` and `<out>/validation` (`datasets.save_to_disk`, columns `input_ids` and
-`labels`), and `<out>/stats.json`. Tokenized data is cached under `$TUNELAB_HOME/prepared/<key>`,
-where the key hashes the converted conversations (so any change of the input or of the conversion
-settings changes it), the tokenizer and chat template, and every setting that affects tokens;
-a second run with the same inputs only copies the cached result.
+`labels`), and `<out>/stats.json`. The steps, in order (every drop counted by its reason):
+1. read and convert each record (`sources.iter_conversations`: validated roles, leading assistant
+   turns removed and counted); drop records over `max_chars` characters (`too_long_chars`) right
+   there, before anything costly (normalising, hashing, deduplicating, tokenizing) touches them;
+2. add the system prompt and math instruction, normalise (`data.normalize`), drop empties, deduplicate,
+   split (a `val_size` that leaves nothing to train on is a DataError);
+3. render: conversations into ids + labels (`render.py`), dropping or truncating overlong ones; raw
+   text (`stage: pt`) is tokenized document by document, each followed by the end-of-text token, and
+   cut into pieces of at most `max_length` tokens, nothing dropped and nothing truncated. Packing
+   fills rows with pieces and restarts positions at each (`batching.collate_packed`), so no token
+   attends across a document boundary; `tokens_in` (documents' tokens with their separators) equals
+   `tokens` (what the saved pieces hold, i.e. what training sees).
+
+Tokenized data is cached under `$TUNELAB_HOME/prepared/<key>`, where the key hashes the converted
+conversations (so any change of the input or of the conversion settings changes it), the tokenizer
+and chat template, and every setting that affects tokens; a second run with the same inputs only
+copies the cached result. The same key is the prepared data's fingerprint, `data_fingerprint` in
+`stats.json`: two prepared data sets with the same fingerprint hold the same token ids and labels,
+so a run can record exactly which data it trained on.
 """
 from __future__ import annotations
 
@@ -20,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import atomic_dir, home
-from .clean import content_key, dedup, is_empty, normalise, split
+from .clean import NORMALIZE, content_key, dedup, is_empty, normalise, split, validation_count
 from .conversation import DataError, is_text
 from .prompts import apply_prompts
 from .render import IGNORE_INDEX, Renderer, build_renderer
 
-CACHE_VERSION = 1  # bump when rendering or cleaning changes what ends up in the cache
+CACHE_VERSION = 2  # bump when rendering or cleaning changes what ends up in the cache
 # examples; below this, worker start-up costs more than it saves: each worker gets the renderer, whose
 # tokenizer datasets pickles with dill (~10 MB for Qwen3, ~1 s to pickle, ~0.4 s to load), while one
 # process renders ~2,000 examples/s (bench/prepare.py: GSM8K train took 2.4x longer with 2 workers)
@@ -55,12 +70,86 @@ def _tokenizer_key(tok: Any) -> str:
     return content_key([type(tok).__name__, body, tok.chat_template, tok.eos_token, tok.bos_token])
 
 
-def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str) -> dict[str, list]:
-    if stage == "pt":
-        pairs = [renderer.render_text(text) for text in batch["text"]]
-    else:
-        pairs = renderer.render_many(batch["messages"])
-    return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs]}
+def _chars(example: dict[str, Any]) -> int:
+    if is_text(example):
+        return len(example["text"])
+    return sum(len(m["content"]) for m in example["messages"])
+
+
+def read_examples(source: str, *, stage: str = "sft", fmt: str = "auto", columns: dict | None = None,
+                  split_name: str | None = None, limit: int | None = None, n: int = 2000, seed: int = 0,
+                  gsm8k_boxed: bool = True, system_prompt: str | None = None, instruction: str = "auto",
+                  max_chars: int = 1_000_000) -> tuple[list[dict[str, Any]], int, Counter, Counter]:
+    """Step 1 and the prompts of step 2: (examples, records read, drops, fixes). Each example keeps
+    the `where` of its record ("file:line"), for messages about it later; it is never rendered or hashed."""
+    from .sources import iter_conversations
+
+    drops: Counter = Counter()
+    fixes: Counter = Counter()
+    examples, n_in = [], 0
+    for where, ex in iter_conversations(source, format=fmt, columns=columns or None, split=split_name, limit=limit,
+                                        n=n, seed=seed, gsm8k_boxed=gsm8k_boxed, fixes=fixes):
+        n_in += 1
+        # Counted before anything else looks at the record: a 30 MB record costs its reading only.
+        if _chars(ex) > max_chars:
+            drops["too_long_chars"] += 1
+            continue
+        if stage == "sft" and is_text(ex):
+            raise DataError(f"{where}: stage 'sft' needs conversations but the data is raw text; use stage=pt")
+        if stage == "pt" and not is_text(ex):
+            raise DataError(f"{where}: stage 'pt' trains on raw text ({{\"text\": ...}} records, .txt/.md files or "
+                            "folders of them) but this record is a conversation; use stage=sft, or data.format=text "
+                            "with data.columns={text: COLUMN}")
+        if not is_text(ex):
+            ex = apply_prompts(ex, system_prompt=system_prompt, instruction=instruction)
+        examples.append({**ex, "where": where})
+    return examples, n_in, drops, fixes
+
+
+def _dropped(drops: Counter, max_chars: int) -> str:
+    text = ", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none"
+    if drops.get("too_long_chars"):
+        text += f" (data.max_chars={max_chars}: raise it to keep longer records)"
+    return text
+
+
+def clean_and_split(examples: list[dict[str, Any]], *, source: str = "", n_in: int | None = None,
+                    drops: Counter | None = None, normalize: str = "basic", dedup_mode: str = "near",
+                    near_dup_threshold: float = 0.9, val_size: float = 0.05, seed: int = 0,
+                    max_chars: int = 1_000_000) -> tuple[list[dict], list[dict], Counter]:
+    """Normalise, drop empties, deduplicate, then split: the one path to train/validation."""
+    drops = Counter(drops or {})
+    n_in = len(examples) if n_in is None else n_in
+    examples = [normalise(ex, normalize) for ex in examples]
+    kept = [ex for ex in examples if not is_empty(ex)]
+    drops["empty"] += len(examples) - len(kept)
+    kept, dd = dedup(kept, mode=dedup_mode, threshold=near_dup_threshold)
+    drops.update(dd)
+    if not kept:
+        raise DataError(f"{source}: no example left to train on: {n_in} records read, dropped: "
+                        f"{_dropped(drops, max_chars)}")
+    n_val = validation_count(len(kept), val_size)
+    if n_val >= len(kept):
+        raise DataError(f"{source}: data.val_size={val_size:g} leaves no training example: the data has {len(kept)} "
+                        f"examples ({n_in} records read, dropped: {_dropped(drops, max_chars)}) and {n_val} would go "
+                        f"to validation; use a count below {len(kept)} or a fraction such as 0.1 (0: no validation)")
+    train, val = split(kept, val_size=val_size, seed=seed)
+    return train, val, drops
+
+
+def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str, max_length: int) -> dict[str, list]:
+    if stage != "pt":
+        pairs = renderer.render_many(batch["messages"], wheres=batch["where"])
+        return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs]}
+    # Pretraining: each document whole (with its end-of-text token), cut into pieces of max_length;
+    # `document_tokens` (on a document's first piece) lets the statistics count tokens in independently.
+    ids_out, doc_tokens = [], []
+    for text in batch["text"]:
+        ids, _ = renderer.render_text(text)
+        for start in range(0, len(ids), max_length):
+            ids_out.append(ids[start:start + max_length])
+            doc_tokens.append(len(ids) if start == 0 else 0)
+    return {"input_ids": ids_out, "labels": [list(x) for x in ids_out], "document_tokens": doc_tokens}
 
 
 # Statistics are computed by Arrow on the columns: turning every row into Python lists first took
@@ -91,63 +180,59 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage: str, max_length: int,
-                   overlong: str, num_proc: int, desc: str, fingerprint: str) -> tuple[Any, Counter]:
-    """Render a list of conversations (or texts) into a `datasets.Dataset`, filtering by length."""
+                   overlong: str, num_proc: int, desc: str, fingerprint: str) -> tuple[Any, Counter, dict[str, int]]:
+    """Render a list of conversations (or texts) into a `datasets.Dataset`, filtering conversations by
+    length. Returns (dataset, drops, counts); counts has `documents` and `tokens_in` for `stage: pt`."""
     from datasets import Dataset
 
-    rows = [{"messages": ex.get("messages", []), "text": ex.get("text", "")} for ex in examples]
+    field = "text" if stage == "pt" else "messages"
+    rows = [{field: ex[field], "where": ex.get("where", "")} for ex in examples]
     if not rows:
-        return Dataset.from_dict({"input_ids": [], "labels": []}), Counter()
+        return Dataset.from_dict({"input_ids": [], "labels": []}), Counter(), {}
     ds = Dataset.from_list(rows)
     procs = num_proc or (min(4, os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1)
-    ds = ds.map(_render_batch, batched=True, batch_size=256, fn_kwargs={"renderer": renderer, "stage": stage},
-                remove_columns=["messages", "text"], num_proc=procs if procs > 1 else None, desc=desc,
+    ds = ds.map(_render_batch, batched=True, batch_size=256,
+                fn_kwargs={"renderer": renderer, "stage": stage, "max_length": max_length},
+                remove_columns=[field, "where"], num_proc=procs if procs > 1 else None, desc=desc,
                 new_fingerprint=fingerprint)  # given, so datasets does not pickle the tokenizer to hash it
     drops: Counter = Counter()
+    if stage == "pt":  # nothing is dropped or cut short: every token of every document is in a piece
+        import pyarrow.compute as pc
+
+        docs = ds.with_format("arrow")[:]["document_tokens"]
+        counts = {"documents": int(pc.sum(pc.greater(docs, 0)).as_py() or 0),
+                  "tokens_in": int(pc.sum(docs).as_py() or 0)}
+        return ds.remove_columns("document_tokens"), drops, counts
     lengths = _lengths(ds)
     keep = []
     for i, n in enumerate(lengths):
-        if n > max_length and overlong == "drop" and stage != "pt":
+        if n > max_length and overlong == "drop":
             drops["too_long"] += 1
         else:
             keep.append(i)
     ds = ds.select(keep)
-    if any(lengths[i] > max_length for i in keep):
-        # truncate (or, in pretraining, cut into chunks later when packing): keep the beginning
+    if any(lengths[i] > max_length for i in keep):  # overlong: truncate, keeping the beginning
         ds = ds.map(lambda b: {k: [v[:max_length] for v in b[k]] for k in ("input_ids", "labels")}, batched=True,
                     desc=f"{desc}: truncating")
     unsupervised = [i for i, lab in enumerate(ds["labels"]) if all(t == IGNORE_INDEX for t in lab)]
     if unsupervised:
         drops["no_supervised_tokens"] += len(unsupervised)
         ds = ds.select(sorted(set(range(len(ds))) - set(unsupervised)))
-    return ds, drops
-
-
-def clean_and_split(examples: list[dict[str, Any]], *, dedup_mode: str, near_dup_threshold: float, val_size: float,
-                    seed: int) -> tuple[list[dict], list[dict], Counter]:
-    """Normalise, drop empties, deduplicate, then split: the one path to train/validation."""
-    drops: Counter = Counter()
-    examples = [normalise(ex) for ex in examples]
-    kept = [ex for ex in examples if not is_empty(ex)]
-    drops["empty"] = len(examples) - len(kept)
-    kept, dd = dedup(kept, mode=dedup_mode, threshold=near_dup_threshold)
-    drops.update(dd)
-    train, val = split(kept, val_size=val_size, seed=seed)
-    return train, val, drops
+    return ds, drops, {}
 
 
 def heldout_conversations(cfg: Any) -> list[dict[str, Any]]:
     """The validation split of `cfg.data` as conversations, exactly as `prepare` splits it (before
     length filtering), so an experiment can roll out on the part a model never trained on."""
-    from .sources import load_conversations
-
     d = cfg.data
-    examples = load_conversations(d.name, format=d.format, columns=d.columns or None, split=d.split, limit=d.limit,
-                                  n=d.n, seed=d.seed, gsm8k_boxed=d.gsm8k_boxed)
-    examples = [apply_prompts(ex, system_prompt=d.system_prompt, instruction=d.instruction) for ex in examples]
-    _, val, _ = clean_and_split(examples, dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold,
-                                val_size=d.val_size, seed=d.seed)
-    return val
+    examples, n_in, drops, _ = read_examples(
+        d.name, stage=cfg.stage, fmt=d.format, columns=d.columns, split_name=d.split, limit=d.limit, n=d.n,
+        seed=d.seed, gsm8k_boxed=d.gsm8k_boxed, system_prompt=d.system_prompt, instruction=d.instruction,
+        max_chars=d.max_chars)
+    _, val, _ = clean_and_split(examples, source=d.name, n_in=n_in, drops=drops, normalize=d.normalize,
+                                dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, val_size=d.val_size,
+                                seed=d.seed, max_chars=d.max_chars)
+    return [{k: v for k, v in ex.items() if k != "where"} for ex in val]
 
 
 def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto", columns: dict | None = None,
@@ -155,44 +240,50 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
             val_size: float = 0.05, template: str = "auto", enable_thinking: bool = False,
             system_prompt: str | None = None, instruction: str = "auto", gsm8k_boxed: bool = True,
             supervise: str = "all_turns", max_length: int = 1024, overlong: str = "drop", dedup_mode: str = "near",
-            near_dup_threshold: float = 0.9, num_proc: int = 0, use_cache: bool = True) -> Prepared:
+            near_dup_threshold: float = 0.9, normalize: str = "basic", max_chars: int = 1_000_000,
+            num_proc: int = 0, use_cache: bool = True) -> Prepared:
     """Prepare a data set and return where it is (the cache directory) with its statistics."""
     from datasets import load_from_disk  # noqa: F401  (fail early if datasets is missing)
 
-    from .sources import load_conversations
-
+    if normalize not in NORMALIZE:
+        raise DataError(f"unknown data.normalize {normalize!r}; known: {', '.join(NORMALIZE)}")
     t0 = time.perf_counter()
-    examples = load_conversations(source, format=fmt, columns=columns or None, split=split_name, limit=limit,
-                                  n=n, seed=seed, gsm8k_boxed=gsm8k_boxed)
-    n_in = len(examples)
-    if stage == "sft":
-        texts = [ex for ex in examples if is_text(ex)]
-        if texts:
-            raise DataError(f"{source}: stage 'sft' needs conversations but the data is raw text; use stage=pt")
-        examples = [apply_prompts(ex, system_prompt=system_prompt, instruction=instruction) for ex in examples]
+    examples, n_in, drops, fixes = read_examples(
+        source, stage=stage, fmt=fmt, columns=columns, split_name=split_name, limit=limit, n=n, seed=seed,
+        gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt, instruction=instruction, max_chars=max_chars)
     renderer = build_renderer(tokenizer, template=template, enable_thinking=enable_thinking, supervise=supervise)
     settings = dict(v=CACHE_VERSION, stage=stage, template=renderer.template, eot=renderer.eot,
                     kwargs=renderer.template_kwargs, supervise=supervise, max_length=max_length,
-                    overlong=overlong, dedup=dedup_mode, thr=near_dup_threshold, val=val_size, seed=seed)
+                    overlong=overlong, dedup=dedup_mode, thr=near_dup_threshold, val=val_size, seed=seed,
+                    normalize=normalize, max_chars=max_chars)
+    # What the key hashes: the converted conversations (records over max_chars are already gone, so a
+    # huge record is never hashed), the tokenizer and its template, and the settings above.
     payload = [{k: ex.get(k) for k in ("messages", "text")} for ex in examples]
     key = content_key([content_key(payload), _tokenizer_key(tokenizer), settings])[:24]
     cache = home() / "prepared" / key
     if use_cache and (cache / "stats.json").is_file():
         return Prepared(cache, json.loads((cache / "stats.json").read_text()), True)
 
-    train, val, drops = clean_and_split(examples, dedup_mode=dedup_mode, near_dup_threshold=near_dup_threshold,
-                                        val_size=val_size, seed=seed)
-    out_splits = {}
+    train, val, drops = clean_and_split(examples, source=source, n_in=n_in, drops=drops, normalize=normalize,
+                                        dedup_mode=dedup_mode, near_dup_threshold=near_dup_threshold,
+                                        val_size=val_size, seed=seed, max_chars=max_chars)
+    out_splits, counts = {}, Counter()
     for name, part in (("train", train), ("validation", val)):
-        ds, d = tokenize_split(part, renderer, stage=stage, max_length=max_length, overlong=overlong,
-                               num_proc=num_proc, desc=f"Tokenizing {name}", fingerprint=f"{key}-{name}")
+        ds, d, c = tokenize_split(part, renderer, stage=stage, max_length=max_length, overlong=overlong,
+                                  num_proc=num_proc, desc=f"Tokenizing {name}", fingerprint=f"{key}-{name}")
         drops.update(d)
+        counts.update(c)
         out_splits[name] = ds
     drops = Counter({k: v for k, v in drops.items() if v})
     if len(out_splits["train"]) == 0:
         raise DataError(f"{source}: no training example left after filtering ({n_in} in); "
                         f"dropped by reason: {dict(drops) or 'none'}; max_length={max_length}")
     stats = _stats(source, tokenizer, renderer, n_in, drops, out_splits, time.perf_counter() - t0, key)
+    stats["normalize"] = normalize
+    if fixes:  # repaired, not dropped: the conversation is kept without the turn
+        stats["turns_removed"] = {"leading_assistant": fixes["leading_assistant_turn"]}
+    if stage == "pt":
+        stats.update(documents=counts["documents"], tokens_in=counts["tokens_in"])
     with atomic_dir(cache, overwrite=True) as tmp:
         for name, ds in out_splits.items():
             ds.save_to_disk(str(tmp / name))
@@ -218,6 +309,7 @@ def _stats(source: str, tok: Any, renderer: Renderer, n_in: int, drops: Counter,
         "supervised_fraction": round(supervised / max(1, sum(lengths)), 4),
         "token_length": _percentiles(lengths),
         "prepare_seconds": round(seconds, 2),
+        "data_fingerprint": key,  # = cache_key: converted data + tokenizer + every setting that affects tokens
         "cache_key": key,
     }
 
@@ -239,5 +331,6 @@ def prepare_from_config(cfg: Any, tokenizer: Any, *, use_cache: bool = True) -> 
         limit=d.limit, n=d.n, seed=d.seed, val_size=d.val_size, template=d.template,
         enable_thinking=d.enable_thinking, system_prompt=d.system_prompt, instruction=d.instruction,
         gsm8k_boxed=d.gsm8k_boxed, supervise=d.supervise, max_length=d.max_length, overlong=d.overlong,
-        dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, num_proc=d.num_proc, use_cache=use_cache,
+        dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, normalize=d.normalize, max_chars=d.max_chars,
+        num_proc=d.num_proc, use_cache=use_cache,
     )

@@ -46,11 +46,12 @@ class Renderer:
             messages, tokenize=False, add_generation_prompt=generation_prompt, **self.template_kwargs
         )
 
-    def reply_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-        """Rendered text and the character span of each assistant reply (content + end-of-turn)."""
+    def _layout(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+        """Rendered text, the character span of every message's content, and of each assistant reply
+        (content + end-of-turn)."""
         masked = [{**m, "content": _placeholder(i)} for i, m in enumerate(messages)]
         skeleton = self._text(masked)
-        text, spans, pos, cursor = [], [], 0, 0
+        text, contents, spans, pos, cursor = [], [], [], 0, 0
         for i, m in enumerate(messages):
             ph = _placeholder(i)
             at = skeleton.find(ph, pos)
@@ -62,28 +63,33 @@ class Renderer:
             start = cursor
             text.append(m["content"])
             cursor += len(m["content"])
+            contents.append((start, cursor))
             pos = at + len(ph)
             if m["role"] == "assistant":
                 end = cursor + (len(self.eot) if skeleton.startswith(self.eot, pos) and self.eot else 0)
                 spans.append((start, end))
         text.append(skeleton[pos:])
-        return "".join(text), spans
+        return "".join(text), contents, spans
+
+    def reply_spans(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """Rendered text and the character span of each assistant reply (content + end-of-turn)."""
+        text, _, spans = self._layout(messages)
+        return text, spans
 
     def render(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
         return self.render_many([messages])[0]
 
-    def render_many(self, conversations: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
+    def render_many(self, conversations: list[list[dict[str, str]]],
+                    wheres: list[str] | None = None) -> list[tuple[list[int], list[int]]]:
         """`render` for several conversations with one tokenizer call: the fast tokenizer encodes a
         batch in parallel in Rust (and saves a Python round trip per example), which is most of the
-        time of `tunelab prepare` on a big file."""
+        time of `tunelab prepare` on a big file. `wheres` name the records, for error messages."""
         texts, all_spans = [], []
-        for messages in conversations:
-            text, spans = self.reply_spans(messages)
-            if self._text(messages) != text:  # the template transforms content: only placeholders could tell
-                raise DataError(
-                    f"template '{self.template}' changes message contents when rendering; "
-                    "normalise the data (strip whitespace, no '<think>' in history) or choose another template"
-                )
+        for k, messages in enumerate(conversations):
+            text, contents, spans = self._layout(messages)
+            rendered = self._text(messages)
+            if rendered != text:  # the template transforms content: only placeholders could tell
+                raise self._changed(messages, text, rendered, contents, wheres[k] if wheres else "")
             texts.append(text)
             all_spans.append(spans)
         if not texts:
@@ -91,6 +97,21 @@ class Renderer:
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         return [self._labels(ids, offsets, spans)
                 for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], all_spans)]
+
+    def _changed(self, messages: list[dict[str, str]], text: str, rendered: str,
+                 contents: list[tuple[int, int]], where: str) -> DataError:
+        """The error for a template that renders a message's content other than verbatim (Qwen3's drops
+        blank lines at the start of the last reply, and anything up to a `</think>` in a reply): the
+        loss mask needs each content where the placeholders said, so the record is named, not guessed at."""
+        first = next((i for i, (a, b) in enumerate(zip(text, rendered)) if a != b), min(len(text), len(rendered)))
+        i = next((j for j, (a, b) in enumerate(contents) if first <= b), len(messages) - 1)
+        m = messages[i]
+        return DataError(
+            f"{where + ': ' if where else ''}template '{self.template}' changes the content of message {i} "
+            f"({m['role']}, starting {m['content'][:40]!r}) when rendering, so its tokens cannot be located for "
+            "the loss mask. Qwen3's template, for one, removes blank lines at the start of the last reply "
+            "(data.normalize=basic, the default, removes them from every reply) and moves a '<think>...</think>' "
+            "block out of a reply (remove it from the data); or choose another data.template")
 
     def _labels(self, ids: list[int], offsets: list[tuple[int, int]],
                 spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:

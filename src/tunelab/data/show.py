@@ -34,10 +34,16 @@ def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
     table.add_row("examples in", str(s["examples_in"]))
     table.add_row("train / validation", f"{s['examples_out']['train']} / {s['examples_out']['validation']}")
     table.add_row("dropped", ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "none")
+    if s.get("turns_removed"):
+        table.add_row("turns removed", ", ".join(f"{k}: {v}" for k, v in s["turns_removed"].items()))
+    if "tokens_in" in s:  # stage pt: documents are cut into pieces, never shortened
+        table.add_row("documents / tokens in", f"{s['documents']} / {s['tokens_in']}")
     table.add_row("tokens (supervised)", f"{s['tokens']} ({s['supervised_fraction']:.1%})")
     tl = s["token_length"]
     table.add_row("tokens per example", f"p50 {tl['p50']}, p90 {tl['p90']}, p99 {tl['p99']}, max {tl['max']}")
     table.add_row("template / end of turn", f"{s['template']} / {s['end_of_turn'] or '-'}")
+    if "data_fingerprint" in s:
+        table.add_row("normalize / fingerprint", f"{s.get('normalize', '-')} / {s['data_fingerprint']}")
     console.print(table)
     ex = prepared.load("train")[0]
     console.print(f"example (supervised part between {OPEN} {CLOSE}, in green):")

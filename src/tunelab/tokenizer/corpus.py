@@ -25,15 +25,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..data.conversation import is_text
-from ..data.formats import detect, get_reader
-from ..data.sources import iter_records, resolve
+from ..data.sources import TEXT_SUFFIXES, iter_conversations, iter_records, iter_text_lines, resolve, text_files
 from ..errors import DataError
 
-TEXT_SUFFIXES = (".txt", ".md")
 # A paragraph longer than this is cut at a line end: a file with no blank lines must not become one
 # giant string (only whole lines are kept together; a single line is never cut).
 MAX_PIECE_CHARS = 1 << 16
-_SAVED_DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
 def iter_texts(paths: Iterable[str | Path], *, text_field: str | None = None) -> Iterator[tuple[str, str]]:
@@ -51,25 +48,12 @@ def iter_texts(paths: Iterable[str | Path], *, text_field: str | None = None) ->
 
 
 def _iter_one(path: str, text_field: str | None) -> Iterator[tuple[str, str]]:
-    p = Path(path).expanduser()
-    if p.is_dir() and not any((p / m).exists() for m in _SAVED_DATASET_MARKERS):
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise DataError(f"folder {path!r} has no {' or '.join(TEXT_SUFFIXES)} files (searched recursively); "
-                            "pass data files (.jsonl, .csv, ...) by name")
-        return chain.from_iterable(_text_file(f) for f in files)
-    if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES:
-        return _text_file(p)
+    kind, target, _, _ = resolve(path)
+    if kind == "textdir":
+        return chain.from_iterable(_paragraphs(iter_text_lines(f), str(f)) for f in text_files(target))
+    if kind == "file" and Path(target).suffix.lower() in TEXT_SUFFIXES:
+        return _paragraphs(iter_text_lines(target), target)
     return _records(path, text_field)
-
-
-def _text_file(path: Path) -> Iterator[tuple[str, str]]:
-    try:
-        # newline="" keeps "\r\n" as written: the tokenizer must see the text exactly.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            yield from _paragraphs(f, str(path))
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
 
 
 def _paragraphs(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:
@@ -87,54 +71,20 @@ def _paragraphs(lines: Iterable[str], name: str) -> Iterator[tuple[str, str]]:
         yield f"{name}:{start}", "".join(buf)
 
 
-def _not_utf8(path: Path) -> DataError:
-    """Find the first byte that is not UTF-8 (a second, binary pass, taken only on the error path).
-    Lines split at b"\n", which never occurs inside a UTF-8 character, so each line decodes alone."""
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return DataError(
-                    f"{path}: not UTF-8 text: byte 0x{line[e.start]:02x} at byte offset {offset + e.start} "
-                    f"(line {lineno}); convert the file first, e.g. `iconv -f GB18030 -t UTF-8` for GBK Chinese")
-            offset += len(line)
-    return DataError(f"{path}: not UTF-8 text")
-
-
 def _records(source: str, text_field: str | None) -> Iterator[tuple[str, str]]:
-    """Texts of a data source's records. Like `sources.load_conversations`, but a generator (that one
-    returns a list), with the same format detection: the built-in set's format, else the first record's."""
-    kind, target, fmt, columns = resolve(source)
-    if kind == "file" and Path(target).suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv", ".parquet"):
-        raise DataError(f"{target}: unsupported corpus file type {Path(target).suffix or '(none)'!r}; "
-                        f"text: {', '.join(TEXT_SUFFIXES)}; data: .json, .jsonl, .csv, .tsv, .parquet")
-    reader = None if fmt == "auto" else get_reader(fmt)
-    try:
+    """Texts of a data source's records: the raw `text_field`, or every message content after the
+    format's conversion (the one conversion loop, `sources.iter_conversations`; not validated as
+    training conversations: a corpus of questions alone is still text)."""
+    if text_field is not None:
         for where, record in iter_records(source):
-            if text_field is not None:
-                yield where, _field(record, text_field, where)
-                continue
-            if reader is None:  # detect once: a stray record then fails loudly instead of switching format
-                try:
-                    fmt, detected = detect(record)
-                except DataError as e:
-                    raise DataError(f"{where}: {e}") from None
-                reader, columns = get_reader(fmt), detected
-            try:
-                example = reader(record, columns=columns, where=where, source=source)
-            except DataError:
-                raise
-            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-                raise DataError(f"{where}: bad {fmt} record: {type(e).__name__}: {e}") from e
-            if is_text(example):
-                yield where, example["text"]
-            else:
-                for i, m in enumerate(example["messages"]):
-                    yield f"{where} message {i}", m["content"]
-    except UnicodeDecodeError:
-        raise _not_utf8(Path(target)) from None
+            yield where, _field(record, text_field, where)
+        return
+    for where, example in iter_conversations(source, check=False):
+        if is_text(example):
+            yield where, example["text"]
+        else:
+            for i, m in enumerate(example["messages"]):
+                yield f"{where} message {i}", m["content"]
 
 
 def _field(record: object, field: str, where: str) -> str:
