@@ -99,7 +99,7 @@ class DataConfig:
     near_dup_threshold: float = 0.9
     """Jaccard similarity above which two examples are near duplicates"""
     normalize: Literal["none", "basic", "full"] = "basic"
-    """text normalisation: none; basic (NFC, unix newlines, no zero-width characters); full (also strip spaces, collapse blank lines)"""
+    """text normalisation: none; basic (NFC, unix newlines, no zero-width characters, no whitespace before a reply); full (also strip spaces, collapse blank lines)"""
     max_chars: int = 1_000_000
     """records with more characters are dropped (counted) before tokenizing and deduplication"""
     packing: bool = True

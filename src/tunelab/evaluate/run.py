@@ -98,7 +98,7 @@ def load(ref: str, settings: EvalSettings) -> Any:
 def task_items(task: Task, loaded: Any, settings: EvalSettings) -> list[Item]:
     """A task's items, asked the way the model was trained (its system prompt and math instruction)."""
     return task.items(limit=settings.limit, source=settings.data, system_prompt=loaded.system_prompt,
-                      instruction=loaded.task_instruction)
+                      instruction=loaded.task_instruction, normalize=loaded.normalize)
 
 
 # settings that do not change what is generated (tested: batched greedy == one by one)
@@ -194,7 +194,7 @@ def _perplexity(loaded: Any, task: Task, settings: EvalSettings, out: Path) -> d
     from ..data.sources import load_conversations
     from .perplexity import perplexity
 
-    examples = [normalise(e) for e in load_conversations(settings.data, limit=settings.limit)]
+    examples = [normalise(e, loaded.normalize) for e in load_conversations(settings.data, limit=settings.limit)]
     res = {"task": task.name, "data": settings.data, **loaded.describe(),
            **perplexity(loaded.model, loaded.renderer, examples, max_length=settings.max_length,
                         stride=settings.stride)}

@@ -44,7 +44,7 @@ class Task:
     max_new_tokens: int | None = None
 
     def items(self, *, limit: int | None = None, source: str | None = None, system_prompt: str | None = None,
-              instruction: str | None = None) -> list[Item]:
+              instruction: str | None = None, normalize: str = "basic") -> list[Item]:
         from ..data.clean import normalise
         from ..data.sources import load_conversations
 
@@ -53,7 +53,8 @@ class Task:
         out = []
         for i, conv in enumerate(convs):
             conv = normalise(apply_prompts(conv, system_prompt=system_prompt,
-                                           instruction=self.instruction if instruction is None else instruction))
+                                           instruction=self.instruction if instruction is None else instruction),
+                             normalize)  # as the model's training data was
             out.append(to_item(conv, i, self.scorer, where=f"task {self.name}: item {i} of {source or self.source}"))
         return out
 

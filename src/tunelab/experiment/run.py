@@ -51,7 +51,9 @@ def _task_items(exp: Experiment, task_name: str) -> tuple[Any, list | None]:
     cfg = next(iter(exp.variants.values()))
     limit = exp.evaluation.settings.limit
     convs = heldout_conversations(cfg)[:limit] if limit else heldout_conversations(cfg)
-    has_answers = all(c.get("answer") is not None for c in convs)
+    graded = [c for c in convs if c.get("answer") is not None]  # BELLE: solutions without a 答案： line
+    has_answers = len(graded) >= len(convs) / 2  # graded by exact match when most items have an answer
+    convs = graded if has_answers else convs
     task = Task("heldout", cfg.data.name, f"held-out split of {cfg.data.name}",
                 scorer="math" if has_answers else "rouge_zh")
     return task, [to_item(c, i, task.scorer, where=f"held-out item {i}") for i, c in enumerate(convs)]

@@ -47,6 +47,7 @@ class Loaded:
         self.stop_ids = stop_token_ids(self.tokenizer, self.renderer.eot)
         self.system_prompt = self.train_cfg.data.system_prompt if self.train_cfg else None
         self.instruction = self.train_cfg.data.instruction if self.train_cfg else None
+        self.normalize = self.train_cfg.data.normalize if self.train_cfg else "basic"
         self.dtype = dtype
         self.model = None
         if not load_weights:  # e.g. vLLM loads the weights itself

@@ -91,13 +91,13 @@ def compare(tokenizer_refs: Sequence[str], data_sources: Sequence[str], *, outpu
     if not tokenizer_refs or not data_sources:
         raise UserError("compare needs at least one tokenizer and one data source")
     if output is not None:
-        check_writable(Path(output), overwrite)  # before the work
+        check_writable(Path(output), overwrite, kind="compare")  # before the work
     tokenizers = {ref: load_tokenizer(ref) for ref in tokenizer_refs}
     rows = measure(tokenizers, (text for _, text in iter_texts(data_sources, text_field=text_field)))
     if show:
         print_table(rows)
     if output is not None:
-        with atomic_dir(Path(output), overwrite) as tmp:
+        with atomic_dir(Path(output), kind="compare", overwrite=overwrite) as tmp:
             report = {"tokenizers": list(tokenizer_refs), "data": list(data_sources), "text_field": text_field,
                       "definitions": DEFINITIONS, "rows": rows}
             (tmp / "compare.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -103,7 +103,7 @@ def train_tokenizer(
     _check_args(corpus_paths, vocab_size, special_tokens, chat_template, min_frequency)
     corpus_paths = [str(p) for p in corpus_paths]  # read twice: by the trainer and into the summary
     out = Path(output)
-    check_writable(out, overwrite)  # before reading the corpus: fail in a second, not after training
+    check_writable(out, overwrite, kind="tokenizer", inputs=[str(c) for c in corpus_paths])  # before reading the corpus: fail in a second, not after training
 
     counts = {"texts": 0, "characters": 0, "bytes": 0}
 
@@ -126,7 +126,7 @@ def train_tokenizer(
         "chat_template": chat_template, "corpus": corpus_paths, "text_field": text_field,
         **counts, "seconds": round(time.perf_counter() - start, 2),
     }
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, kind="tokenizer", overwrite=overwrite) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         config = tokenizer_config(special_tokens, TEMPLATES[chat_template] if chat_template else None)
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

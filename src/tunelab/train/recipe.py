@@ -169,7 +169,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                                revision=cfg.model.revision)
     with accelerator.main_process_first():
         prepared = prepare_from_config(cfg, tokenizer)
-    fingerprint = {"config": C.to_dict(cfg), "data": prepared.stats.get("cache_key"),
+    fingerprint = {"config": C.to_dict(cfg), "data": prepared.stats.get("data_fingerprint"),
                    "model": identity(cfg.model.name) if not cfg.model.from_scratch else f"scratch:{cfg.model.name}"}
     if resumed and resume_from is not None:
         for what in ("data", "model"):
