@@ -40,6 +40,21 @@ def random_qwen(tunelab_home, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def random_qwen_long(random_qwen, tmp_path_factory) -> str:
+    """random_qwen with a 4096-token context: the same weights and the same replies, but room for a
+    generation long enough (thousands of tokens, many seconds) to be cancelled while it runs."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("random_qwen_long") / "model"
+    shutil.copytree(random_qwen, out)
+    config = json.loads((out / "config.json").read_text())
+    config["max_position_embeddings"] = 4096
+    (out / "config.json").write_text(json.dumps(config))
+    return str(out)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -65,6 +65,33 @@ def test_bad_input_exits_2(random_qwen):
     assert r.returncode == 2 and "model 'no-such-model' not found" in r.stderr and r.stdout == ""
     r = chat(random_qwen, "--max-new-tokens", "0", stdin="hi\n")
     assert r.returncode == 2 and "--max-new-tokens must be at least 1" in r.stderr
+    for seed in (str(2**70), str(-(2**63) - 1)):  # torch would raise an OverflowError mid-chat
+        r = chat(random_qwen, "--temperature", "1", "--seed", seed, stdin="hi\n")
+        assert r.returncode == 2 and f"--seed must be an integer from {-(2**63)} to {2**63 - 1}" in r.stderr
+
+
+def test_piped_input_that_is_not_utf8_stops_with_one_message(random_qwen, evaluated):
+    # the first line is answered; the second (Latin-1 "été") stops the chat: line, byte, no traceback
+    r = subprocess.run([sys.executable, "-m", "tunelab", "chat", random_qwen, "--max-new-tokens", "4"],
+                       input=b"\xef\xbb\xbfhi\n\xe9t\xe9\nnever sent\n", capture_output=True, env=env(), cwd=REPO,
+                       timeout=180)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert "stdin line 2, byte 1: 0xe9 is not UTF-8 (offset 6 of the input)" in err
+    assert r.stdout.decode() == evaluated([{"role": "user", "content": "hi"}], max_new_tokens=4) + "\n"
+
+
+def test_utf8_lines():
+    import io
+
+    from tunelab.errors import ServeError
+    from tunelab.serve.chat import utf8_lines
+
+    assert list(utf8_lines(io.BytesIO("\ufeff你好\nok\r\n".encode()))) == ["你好\n", "ok\r\n"]
+    lines = utf8_lines(io.BytesIO(b"fine\nab\xc3(\n"))  # a cut 2-byte character
+    assert next(lines) == "fine\n"
+    with pytest.raises(ServeError, match=r"stdin line 2, byte 3: 0xc3 is not UTF-8 \(offset 7 of the input\)"):
+        next(lines)
 
 
 def test_a_turn_that_would_overflow_the_context_is_refused(random_qwen, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tunelab.evaluate.generate import GenerationSettings, Generator
 from tunelab.models.generation import stop_token_ids
@@ -48,6 +50,46 @@ def test_reply_text_cuts_at_the_first_stop_string_even_across_tokens():
     assert r.final() == "a" and "".join(deltas) == "a"
     deltas, r = feed([b"x a", b"b"], stop=("ab",))  # text before a stop string is stripped too
     assert r.final() == "x" == "".join(deltas)
+
+
+def naive_safe_end(visible: str, stop: list[str]) -> int:
+    """The definition _safe_end implements: hold back U+FFFD at the end, then the longest tail that is
+    a proper prefix of a stop string."""
+    cut = len(visible)
+    while cut and visible[cut - 1] == "\ufffd":
+        cut -= 1
+    head = visible[:cut]
+    for s in stop:
+        for k in range(min(len(s) - 1, len(head)), 0, -1):
+            if head.endswith(s[:k]):
+                cut = min(cut, len(head) - k)
+                break
+    return cut
+
+
+@given(st.text("ab\ufffd ", max_size=12), st.lists(st.text("ab ", min_size=1, max_size=6), max_size=4))
+def test_safe_end_equals_its_definition(visible, stop):
+    assert ReplyText(ByteTok([]), stop)._safe_end(visible) == naive_safe_end(visible, stop)
+
+
+def test_long_stop_strings_cost_little_per_token():
+    # 4 stop strings of 256 characters (the server's caps) against a long reply: the naive definition
+    # slices every prefix of every stop string at every token; this looks at a few positions
+    import time
+
+    stop = ["a" * 255 + "b", "x" * 256, "ab" * 128, "a" * 256]
+    r = ReplyText(ByteTok([]), stop)
+    t = time.perf_counter()
+    for n in range(1, 400):
+        assert r._safe_end("a" * n + "c") == n + 1
+    assert time.perf_counter() - t < 5  # generous: milliseconds in fact
+
+
+def test_seed_problem():
+    from tunelab.serve.engine import seed_problem
+
+    assert seed_problem(None) is None and seed_problem(-(2**63)) is None and seed_problem(2**63 - 1) is None
+    assert "signed 64-bit" in seed_problem(2**63) and seed_problem(-(2**63) - 1)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +165,17 @@ def test_cancel_from_another_thread_stops_the_generation(rq):
     cancel.set()  # what the server does when a client disconnects
     last = list(events)[-1]
     assert last.done and last.completion_tokens < 40  # stopped within a few steps, not after 400
+
+
+def test_stats_count_tokens_and_skip_jobs_whose_caller_left(rq):
+    loaded, engine, _ = rq
+    p = loaded.renderer.render_prompt([{"role": "user", "content": "hi"}])
+    before = engine.stats()
+    assert engine.complete(p, Sampling(max_new_tokens=3)).completion_tokens == 3
+    gone = threading.Event()
+    gone.set()  # a caller that left before its job started
+    assert engine.complete(p, Sampling(max_new_tokens=3), gone).completion_tokens == 0
+    now = engine.stats()
+    assert now["finished"] - before["finished"] == 1 and now["skipped"] - before["skipped"] == 1
+    assert now["generated_tokens"] - before["generated_tokens"] == 3
+    assert (now["running"], now["queued"]) == (0, 0)

@@ -65,7 +65,9 @@ def ask(client, model, messages, **kw):
 
 def test_models_and_health(server, client, random_qwen):
     assert [m.id for m in client.models.list().data] == [random_qwen]
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "model": random_qwen}  # no key needed
+    health = httpx.get(f"{server.url}/health").json()  # no key needed
+    assert (health["status"], health["model"]) == ("ok", random_qwen)
+    assert set(health["generation"]) == {"queued", "running", "finished", "skipped", "generated_tokens"}
 
 
 @pytest.mark.parametrize("k", range(len(CONVERSATIONS)))

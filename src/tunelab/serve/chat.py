@@ -13,7 +13,10 @@ template's end-of-turn token: the model is asked exactly as it was trained and e
 trained with a system prompt gets it by default. Greedy by default (as `tunelab eval`).
 
 When stdin is not a terminal, each non-empty line is one user turn (or a command) and stdout holds only
-the replies, one after each turn, so it can be scripted and tested; messages go to stderr.
+the replies, one after each turn, so it can be scripted and tested; messages go to stderr. Piped input
+must be UTF-8 (a leading byte-order mark is dropped): a line that is not stops the chat with one message
+naming the line and the byte offset (exit 2), after the replies to the lines before it. Replacing the
+bad bytes instead would ask the model something the user did not write.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, BinaryIO, Callable, Iterator, TextIO
+
+from ..errors import ServeError
 
 HELP = "commands: /reset, /system TEXT, /save FILE, /exit (start a message with // to send a leading slash)"
 
@@ -101,8 +106,26 @@ def handle(session: ChatSession, line: str, on_delta: Callable[[str], None], say
     return "turn"
 
 
-def run_piped(session: ChatSession, lines: TextIO, out: TextIO, err: TextIO) -> int:
-    for raw in lines:
+def utf8_lines(stream: BinaryIO, name: str = "stdin") -> Iterator[str]:
+    """The lines of a byte stream as text, read one at a time (a script may still be writing the next).
+    Strict UTF-8: the first byte that is not raises a ServeError naming the line and the byte offset."""
+    import codecs
+
+    offset = 0
+    for n, raw in enumerate(stream, 1):
+        skip = len(codecs.BOM_UTF8) if n == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            yield raw[skip:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = skip + e.start
+            raise ServeError(f"{name} line {n}, byte {at + 1}: 0x{raw[at]:02x} is not UTF-8 (offset {offset + at} "
+                             "of the input); tunelab chat reads UTF-8, so convert the input first, e.g. "
+                             "`iconv -f LATIN1 -t UTF-8`") from None
+        offset += len(raw)
+
+
+def run_piped(session: ChatSession, lines: BinaryIO, out: TextIO, err: TextIO) -> int:
+    for raw in utf8_lines(lines):
         line = raw.rstrip("\n").rstrip("\r")
         if not line.strip():
             continue
@@ -133,6 +156,17 @@ def run_terminal(session: ChatSession, banner: str) -> int:
         except KeyboardInterrupt:
             print()
             continue
+        except UnicodeDecodeError as e:  # a terminal whose encoding is not the locale's
+            print(f"that line is not valid {e.encoding} (byte {e.start + 1}); it was not sent: check the "
+                  "terminal's encoding")
+            continue
+        if not line.isascii():
+            try:  # stdin may decode with surrogateescape (C locale, UTF-8 mode): undecodable bytes survive
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:
+                print(f"that line is not valid UTF-8 (character {e.start + 1}); it was not sent: check the "
+                      "terminal's encoding")
+                continue
         if not line.strip():
             continue
         try:
@@ -149,12 +183,13 @@ def run_terminal(session: ChatSession, banner: str) -> int:
 
 def chat_command(args: Any) -> int:
     from ..models.loaded import Loaded
-    from .engine import Engine, Sampling, pick_device
+    from .engine import Engine, Sampling, pick_device, seed_problem
 
     if args.max_new_tokens < 1:
-        from ..errors import ServeError
-
         raise ServeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    problem = seed_problem(args.seed)
+    if problem:
+        raise ServeError(f"--seed {problem}")
     interactive = sys.stdin.isatty()
     # piped: stdout carries replies only, so anything printed while loading goes to stderr
     with contextlib.redirect_stdout(sys.stdout if interactive else sys.stderr):
@@ -166,7 +201,7 @@ def chat_command(args: Any) -> int:
     session = ChatSession(loaded, engine, sampling, system=system or None)
     try:
         if not interactive:
-            return run_piped(session, sys.stdin, sys.stdout, sys.stderr)
+            return run_piped(session, sys.stdin.buffer, sys.stdout, sys.stderr)
         mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature}, top_p {args.top_p}"
         banner = (f"tunelab chat: {args.model} (template {loaded.renderer.template}, stops at "
                   f"{loaded.renderer.eot or 'eos'}, {mode}, up to {args.max_new_tokens} tokens a reply)"

@@ -90,10 +90,15 @@ class ReplyText:
             cut -= 1
         head = visible[:cut]
         for s in self.stop:
-            for k in range(min(len(s) - 1, len(head)), 0, -1):
-                if head.endswith(s[:k]):
-                    cut = min(cut, len(head) - k)
+            # the longest tail of `head` that is a proper prefix of `s` starts at the leftmost j (within
+            # len(s) - 1 of the end) where head[j:] starts s; only positions holding s[0] can, so this
+            # looks at a few positions per token instead of slicing every prefix of s
+            j = head.find(s[0], max(0, len(head) - len(s) + 1))
+            while j != -1:
+                if s.startswith(head[j:]):
+                    cut = min(cut, j)
                     break
+                j = head.find(s[0], j + 1)
         return cut
 
     def final(self) -> str:
@@ -103,6 +108,19 @@ class ReplyText:
         """What was not shown yet, for the last event."""
         text = self.final()
         return text[len(self.emitted):] if text.startswith(self.emitted) else ""
+
+
+# A seed is a signed 64-bit integer, the range OpenAI's API documents. torch.manual_seed takes
+# -2**63 .. 2**64 - 1 and maps a negative seed s to 2**64 + s, so the signed range is exactly the one
+# in which two different seeds never sample alike; anything outside it makes torch raise.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def seed_problem(seed: int | None) -> str | None:
+    """Why `seed` cannot be used (None when it can): shared by `chat --seed` and the server's `seed`."""
+    if seed is None or SEED_MIN <= seed <= SEED_MAX:
+        return None
+    return f"must be an integer from {SEED_MIN} to {SEED_MAX} (a signed 64-bit integer), got {seed}"
 
 
 def pick_device(name: str | None) -> str | None:
@@ -130,6 +148,9 @@ class Engine:
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, list(stop_ids)
         self.pad_id = pad_token_id(tokenizer, stop_ids)
         self._jobs: "queue.Queue[_Job | None]" = queue.Queue()
+        # written by the worker only, read by anyone (`stats`): how busy it is and what it did
+        self._running = False
+        self._finished = self._skipped = self._tokens = 0
         self._worker = threading.Thread(target=self._work, name="tunelab-generate", daemon=True)
         self._worker.start()
 
@@ -144,6 +165,12 @@ class Engine:
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
 
+    def stats(self) -> dict[str, int]:
+        """Jobs waiting and running, jobs finished (stopped early ones included), jobs skipped because
+        their caller left while they waited, and tokens generated so far (`GET /health` shows these)."""
+        return {"queued": self._jobs.qsize(), "running": int(self._running), "finished": self._finished,
+                "skipped": self._skipped, "generated_tokens": self._tokens}
+
     # -- the worker thread ------------------------------------------------------------------
     def _work(self) -> None:
         while True:
@@ -151,17 +178,25 @@ class Engine:
             if job is None:
                 return
             try:
-                if not job.cancel.is_set():  # its caller may have left while it waited in the queue
+                if job.cancel.is_set():  # its caller left while it waited in the queue
+                    self._skipped += 1
+                else:
+                    self._running = True
                     self._generate(job)
             except BaseException as e:  # handed to the caller, who raises it; the worker lives on
                 job.out.put(e)
             finally:
+                if self._running:
+                    self._running = False
+                    self._finished += 1
                 job.out.put(_END)
 
     def _generate(self, job: _Job) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
+
+        engine = self
 
         class Tokens(BaseStreamer):
             def __init__(self) -> None:
@@ -172,6 +207,7 @@ class Engine:
                     self.prompt_seen = True
                     return
                 for t in value.reshape(-1).tolist():
+                    engine._tokens += 1
                     job.out.put(t)
 
             def end(self) -> None:
@@ -226,9 +262,10 @@ class Engine:
         yield Event(delta=reply.rest(), done=True, text=reply.final(), finish_reason=finish,
                     prompt_tokens=len(prompt), completion_tokens=tokens)
 
-    def complete(self, prompt: list[int], sampling: Sampling) -> Event:
-        """The whole reply at once (the last event of `stream`)."""
-        for ev in self.stream(prompt, sampling):
+    def complete(self, prompt: list[int], sampling: Sampling, cancel: threading.Event | None = None) -> Event:
+        """The whole reply at once (the last event of `stream`); `cancel` as for `stream` (the reply is
+        then what was generated so far)."""
+        for ev in self.stream(prompt, sampling, cancel):
             if ev.done:
                 return ev
         raise AssertionError("stream ended without a final event")

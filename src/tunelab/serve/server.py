@@ -1,6 +1,7 @@
 """`tunelab serve`: an OpenAI-compatible HTTP server for one model (FastAPI + uvicorn, loopback by default).
 
     tunelab serve runs/quickstart --port 8000 [--api-key KEY] [--max-input-tokens N] [--max-tokens-limit N]
+                                              [--max-body-bytes N]
     curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "runs/quickstart", "messages": [{"role": "user", "content": "2+3?"}], "max_tokens": 64}'
 
@@ -11,7 +12,16 @@ training and `tunelab eval` did; a run trained with a system prompt gets it when
 Generation goes through the one worker of `engine.py`: concurrent requests wait their turn and never
 mix. Every error is OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 
-Tests: `.venv/bin/python -m pytest tests/serve/test_server.py -q` (a real server process + `openai`).
+Limits, so that one request cannot take the server from the others: a body over `--max-body-bytes`
+is a 413 before it is read (by Content-Length, or counted as a chunked body arrives); at most 4
+`stop` strings of at most 256 characters, a `seed` in the signed 64-bit range and a `content` on
+every user/system message, else 400, all checked before the prompt is tokenized; tokenizing runs in
+a thread so a long prompt does not stall the streams of others; a client that goes away stops its
+generation at the next decoding step, streaming or not (the non-streaming side is polled). `/docs`
+and `/redoc` are off, because FastAPI's pages load their scripts from a CDN; `/openapi.json` stays.
+
+Tests: `.venv/bin/python -m pytest tests/serve/test_server.py tests/serve/test_limits.py -q` (a real server
+process + `openai`; the load test of 20 streaming clients is marked slow).
 """
 from __future__ import annotations
 
@@ -31,6 +41,10 @@ from .schema import ChatRequest
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default when a request gives none (tunelab eval's is 0: greedy)
+DEFAULT_MAX_BODY = 1 << 20  # bytes (1 MiB: ~250k tokens of text, more than any small model's context)
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 256  # per stop string; every generated token is checked against each of them
+DISCONNECT_POLL_S = 0.2  # how often a waiting non-streaming request looks whether its client left
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,47 @@ class ApiError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413 in OpenAI's shape, never read whole.
+
+    A declared Content-Length over the limit is answered before any of the body is read; a chunked
+    body is counted as it arrives and refused (`BodyTooLarge` out of `request.body()`) as soon as it
+    passes the limit, so at most `limit` bytes plus one chunk are ever held. uvicorn then reads and
+    drops the rest of the upload, so the client still gets the 413 instead of a reset connection."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:  # the HTTP parser has checked its syntax
+            from starlette.responses import JSONResponse
+
+            e = BodyTooLarge(self.limit)
+            return await JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=413)(
+                scope, receive, send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than this server accepts ({limit} bytes, "
+                         "--max-body-bytes)", code="request_too_large")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -74,8 +129,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _content(content: Any, i: int) -> str:
+def _content(content: Any, i: int, role: str) -> str:
     if content is None:
+        if role != "assistant":  # OpenAI answers 400 too; an assistant turn may be empty (tool calls)
+            raise ApiError(400, f"messages[{i}].content is missing: a {role} message needs its text",
+                           param=f"messages[{i}].content")
         return ""
     if isinstance(content, str):
         return content
@@ -105,7 +163,8 @@ def parse_request(raw: bytes) -> ChatRequest:
 
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    # ValueError: bad JSON, bad UTF-8, an integer of more than 4300 digits; RecursionError: deep nesting
+    except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
     try:
         return ChatRequest.model_validate(data)
@@ -120,15 +179,16 @@ def conversation(req: Any, system_prompt: str | None) -> list[dict[str, str]]:
         if m.role not in ROLES:
             raise ApiError(400, f"messages[{i}].role '{m.role}' is not supported; use system, user or assistant",
                            param=f"messages[{i}].role")
-        msgs.append({"role": ROLES[m.role], "content": _content(m.content, i)})
+        msgs.append({"role": ROLES[m.role], "content": _content(m.content, i, m.role)})
     if system_prompt and not any(m["role"] == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": system_prompt})  # as the run was trained
     return msgs
 
 
-def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) -> tuple[list[int], Any]:
-    """Request -> (prompt ids, Sampling), or an ApiError naming the parameter at fault."""
-    from .engine import Sampling
+def check(req: Any, system_prompt: str | None) -> tuple[list[dict[str, str]], tuple[str, ...]]:
+    """The checks that need no tokenizer, cheap enough for the event loop: (conversation, stop strings),
+    or an ApiError naming the parameter at fault."""
+    from .engine import seed_problem
 
     if req.n not in (None, 1):
         raise ApiError(400, "n > 1 is not supported; send the request n times with different seeds", param="n")
@@ -140,7 +200,24 @@ def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) 
     for key in ("presence_penalty", "frequency_penalty"):
         if getattr(req, key, None):
             raise ApiError(400, f"'{key}' is not supported by this server (leave it 0)", param=key)
-    messages = conversation(req, system_prompt)
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > MAX_STOP:
+        raise ApiError(400, f"stop: at most {MAX_STOP} stop strings are allowed, got {len(stop)}", param="stop")
+    for s in stop:
+        if len(s) > MAX_STOP_CHARS:
+            raise ApiError(400, f"stop: a stop string may have at most {MAX_STOP_CHARS} characters, got one of "
+                           f"{len(s)}", param="stop")
+    problem = seed_problem(req.seed)
+    if problem:
+        raise ApiError(400, f"seed {problem}", param="seed")
+    return conversation(req, system_prompt), tuple(stop)
+
+
+def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) -> tuple[list[int], Any]:
+    """Request -> (prompt ids, Sampling), or an ApiError naming the parameter at fault."""
+    from .engine import Sampling
+
+    messages, stop = check(req, system_prompt)
     try:
         prompt = renderer.render_prompt(messages)
     except Exception as e:  # a template that refuses the conversation (roles out of order, ...)
@@ -164,25 +241,57 @@ def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) 
         if asked < 1:
             raise ApiError(400, f"the prompt ({len(prompt)} tokens) fills the model's context of "
                            f"{limits.context} tokens", param="messages", code="context_length_exceeded")
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     temperature = DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
     sampling = Sampling(max_new_tokens=asked, temperature=temperature,
-                        top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=tuple(stop))
+                        top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop)
     return prompt, sampling
 
 
+async def _stop_when_gone(request: Request, cancel: threading.Event) -> None:
+    """Set `cancel` once the client of a non-streaming request has disconnected (polled: nothing is
+    sent to it before the reply, so nothing else would notice)."""
+    import anyio
+
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await anyio.sleep(DISCONNECT_POLL_S)
+
+
+class _Threads:
+    """Separate thread quotas (anyio limiters, made on first use: they need a running loop). A request
+    waiting for the generation worker holds a thread all along; with one shared quota, enough waiting
+    requests would leave no thread to tokenize a new prompt, not even to refuse it as too long."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, Any] = {}
+
+    def limiter(self, name: str) -> Any:
+        import anyio
+
+        if name not in self._limiters:
+            self._limiters[name] = anyio.CapacityLimiter({"render": 2, "wait": 256}[name])
+        return self._limiters[name]
+
+
 def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str | None = None,
-              api_key: str | None = None, limits: Limits) -> Any:
+              api_key: str | None = None, limits: Limits, max_body_bytes: int = DEFAULT_MAX_BODY) -> Any:
     import json
 
+    import anyio
     from fastapi import APIRouter, Depends, FastAPI, Header
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
     from starlette.exceptions import HTTPException
 
-    app = FastAPI(title="tunelab", description=f"OpenAI-compatible server for {model_name}")
+    # no /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN (a server that may have no
+    # network, and third-party code in the browser); the schema is still at /openapi.json
+    app = FastAPI(title="tunelab", description=f"OpenAI-compatible server for {model_name}", docs_url=None,
+                  redoc_url=None)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     created = int(time.time())
+    threads = _Threads()
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -219,7 +328,7 @@ def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name}
+        return {"status": "ok", "model": model_name, "generation": engine.stats()}
 
     @v1.get("/models")
     async def models() -> dict[str, Any]:
@@ -234,15 +343,28 @@ def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str
 
     @v1.post("/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = parse_request(await request.body())
+        req = parse_request(await request.body())  # at most max_body_bytes (BodyLimit)
         if req.model != model_name:
             raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{model_name}'",
                            param="model", code="model_not_found")
-        prompt, sampling = prepare(req, renderer, system_prompt, limits)
+        check(req, system_prompt)  # fails fast, in the loop; tokenizing (up to ~1 s for 1 MiB) is threaded
+        prompt, sampling = await anyio.to_thread.run_sync(prepare, req, renderer, system_prompt, limits,
+                                                          limiter=threads.limiter("render"))
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": now, "model": model_name, "system_fingerprint": None}
         if not req.stream:
-            ev = await run_in_threadpool(engine.complete, prompt, sampling)
+            cancel = threading.Event()  # set when the client goes away: the worker stops generating
+            failed: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_when_gone, request, cancel)
+                try:
+                    ev = await anyio.to_thread.run_sync(engine.complete, prompt, sampling, cancel,
+                                                        limiter=threads.limiter("wait"))
+                except Exception as e:  # raised below, not out of the task group (an ExceptionGroup)
+                    failed = e
+                tg.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
             return {**head, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": ev.text},
                                  "logprobs": None, "finish_reason": ev.finish_reason}],
@@ -256,9 +378,16 @@ def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str
 
         async def events() -> Any:
             cancel = threading.Event()  # set when the client goes away: the worker stops generating
+            tokens = engine.stream(prompt, sampling, cancel)
             try:
                 yield chunk({"role": "assistant", "content": ""}, None)
-                async for ev in iterate_in_threadpool(engine.stream(prompt, sampling, cancel)):
+                while True:
+                    # abandon_on_cancel: a client that leaves while its job still waits in the queue is let
+                    # go at once; `finally` sets cancel, so the worker skips the job and the thread returns
+                    ev = await anyio.to_thread.run_sync(next, tokens, None, abandon_on_cancel=True,
+                                                        limiter=threads.limiter("wait"))
+                    if ev is None:
+                        break
                     if ev.delta:
                         yield chunk({"content": ev.delta}, None)
                     if ev.done:
@@ -285,7 +414,9 @@ def _usage(ev: Any) -> dict[str, int]:
 
 
 def serve_command(args: Any) -> int:
-    for flag, value in (("--max-input-tokens", args.max_input_tokens), ("--max-tokens-limit", args.max_tokens_limit)):
+    max_body = getattr(args, "max_body_bytes", None) or DEFAULT_MAX_BODY  # flag added in cli.py
+    for flag, value in (("--max-input-tokens", args.max_input_tokens), ("--max-tokens-limit", args.max_tokens_limit),
+                        ("--max-body-bytes", getattr(args, "max_body_bytes", None))):
         if value is not None and value < 1:
             raise ServeError(f"{flag} must be at least 1, got {value}")
     sock = bind(args.host, args.port)
@@ -304,14 +435,15 @@ def serve_command(args: Any) -> int:
         limits = Limits(args.max_input_tokens, args.max_tokens_limit, context)
         engine = Engine.for_loaded(loaded)
         app = build_app(engine=engine, renderer=loaded.renderer, model_name=args.model,
-                        system_prompt=loaded.system_prompt, api_key=args.api_key, limits=limits)
+                        system_prompt=loaded.system_prompt, api_key=args.api_key, limits=limits,
+                        max_body_bytes=max_body)
         host, port = sock.getsockname()[:2]
         if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"[tunelab] WARNING: listening on {args.host} without --api-key: anyone who can reach it "
                   "can use it", flush=True)
         print(f"[tunelab] serving '{args.model}' (template {loaded.renderer.template}, end of turn "
               f"{loaded.renderer.eot or 'eos'}) at http://{host}:{port}/v1; max input {limits.max_input_tokens or context}"
-              f" tokens, max_tokens <= {limits.max_tokens_limit}", flush=True)
+              f" tokens, max_tokens <= {limits.max_tokens_limit}, bodies <= {max_body} bytes", flush=True)
         uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
     finally:
         sock.close()
