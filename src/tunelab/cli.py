@@ -335,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-tokens", type=int, help="longest prompt accepted (default: the model's context)")
     p.add_argument("--max-tokens-limit", type=int, default=1024,
                    help="most completion tokens a request may ask for, and the default (1024)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="largest request body accepted, in bytes (default 1048576 = 1 MiB); larger: 413, unread")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     commands["serve"] = _cmd_serve

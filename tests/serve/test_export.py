@@ -78,6 +78,12 @@ def test_full_run_exports_as_is_and_casts(runs, tmp_path):
     assert (logits(half.float()) - a).abs().max().item() < 0.1  # rounding only
 
 
+def rundir_meta(path):
+    from tunelab import rundir
+
+    return rundir.read_metadata(path)
+
+
 def test_refusals(runs, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()
@@ -85,8 +91,13 @@ def test_refusals(runs, tmp_path, capsys):
     assert main(["export", str(runs["lora"]), "--output", str(out)]) == 2
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep"
-    assert main(["export", str(runs["lora"]), "--output", str(out), "--overwrite"]) == 0
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").is_file()
+    assert main(["export", str(runs["lora"]), "--output", str(out), "--overwrite"]) == 2  # a user's folder
+    assert "tunelab did not write" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    mine = tmp_path / "exported"
+    assert main(["export", str(runs["lora"]), "--output", str(mine)]) == 0
+    assert main(["export", str(runs["full"]), "--output", str(mine), "--overwrite"]) == 0  # its own: replaced
+    assert (mine / "model.safetensors").is_file() and (mine / ".tunelab").is_file()
+    assert rundir_meta(mine)["method"] == "full"
     assert main(["export", str(tmp_path / "nope"), "--output", str(tmp_path / "x")]) == 2
     assert "is not a directory; give a run directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

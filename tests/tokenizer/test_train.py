@@ -49,7 +49,7 @@ def test_round_trip_held_out_corpus(trained, held_out):
 
 
 def test_directory_is_plain_hugging_face(trained_dir, trained):
-    assert sorted(p.name for p in trained_dir.iterdir()) == ["tokenizer.json", "tokenizer_config.json",
+    assert sorted(p.name for p in trained_dir.iterdir() if p.name != ".tunelab") == ["tokenizer.json", "tokenizer_config.json",
                                                             "tokenizer_training.json"]
     config = json.loads((trained_dir / "tokenizer_config.json").read_text())
     assert config["chat_template"] == CHATML  # the same text as tunelab's built-in chatml
@@ -187,8 +187,13 @@ def test_refuses_non_empty_output(tiny_corpus, tmp_path):
     with pytest.raises(OutputExistsError, match="--overwrite"):
         train_tokenizer([tiny_corpus], vocab_size=300, output=out)
     assert (out / "mine.txt").read_text() == "keep me"
-    train_tokenizer([tiny_corpus], vocab_size=300, output=out, overwrite=True)
-    assert not (out / "mine.txt").exists() and (out / "tokenizer.json").is_file()
+    with pytest.raises(OutputExistsError, match="tunelab did not write"):  # a user's folder: never deleted
+        train_tokenizer([tiny_corpus], vocab_size=300, output=out, overwrite=True)
+    assert (out / "mine.txt").read_text() == "keep me"
+    mine = tmp_path / "mine"
+    train_tokenizer([tiny_corpus], vocab_size=300, output=mine)
+    train_tokenizer([tiny_corpus], vocab_size=280, output=mine, overwrite=True)  # its own output: replaced
+    assert (mine / "tokenizer.json").is_file() and (mine / ".tunelab").is_file()
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -42,7 +42,7 @@ def resolve(ref: str) -> ModelRef:
     path = Path(ref).expanduser()
     if path.is_dir():
         model = rundir.model_dir(path)  # a run directory: its model/
-        if not ((model / "config.json").is_file() or rundir.is_adapter(model)):
+        if not any((model / f).is_file() for f in ("config.json", rundir.ADAPTER_CONFIG, "tokenizer_config.json")):
             if (path / rundir.CONFIG).is_file():
                 raise ModelNotFoundError(f"{path} is a run directory without a trained model ({rundir.MODEL}/ is "
                                          "missing): its training did not finish; `tunelab train CONFIG --resume` "
@@ -146,6 +146,9 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     r = resolve(ref) if isinstance(ref, str) else ref
+    if r.kind == "local" and not (Path(r.path) / "config.json").is_file() and not rundir.is_adapter(r.path):
+        raise ModelNotFoundError(f"{r.path} holds a tokenizer but no model (no config.json): give it as "
+                                 "model.tokenizer, and a model as model.name")
     if r.kind == "local" and rundir.is_adapter(r.path):
         return _load_adapter(Path(r.path), dtype=dtype, attn_implementation=attn_implementation,
                              trust_remote_code=trust_remote_code, **kwargs)
