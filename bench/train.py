@@ -77,7 +77,6 @@ RANDOM_ARCHS = {"qwen3-0.6b-random": QWEN3_06B}
 # max_length=None; the plan only holds examples that fit --max-length.
 TRL_BEST = {"padding_free": True, "max_length": None, "gradient_checkpointing": False}
 # Dense bf16 peak of the GPUs we report MFU for (H200 has H100's compute with more memory).
-BF16_PEAK = {"H100": 989e12, "H200": 989e12}
 # Rates measured on the 2-core CPU of BENCHMARKS.md (supervised tok/s, defaults), only to print an
 # expected duration; tunelab_gc's are estimates.
 CPU_SUP_RATE = {("tunelab", "lora"): 65, ("tunelab", "full"): 42, ("tunelab_gc", "lora"): 50, ("tunelab_gc", "full"): 33,
@@ -452,15 +451,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 # parent
 
 
-def mfu(tok_s: float | None, flops_per_token: float | None, peak: float | None) -> float | None:
-    return round(tok_s * flops_per_token / peak, 4) if tok_s and flops_per_token and peak else None
-
-
 def flops_per_token(model_dir: Path, params: int, seq: int) -> float:
-    """6N + 12 L d T: N parameters (tied embeddings once), L layers, d attention width (heads x head dim)."""
-    cfg = json.loads((model_dir / "config.json").read_text())
-    d = cfg["num_attention_heads"] * cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
-    return 6 * params + 12 * cfg["num_hidden_layers"] * d * seq
+    from tunelab.models.flops import flops_per_token as per_token
+
+    return per_token(json.loads((model_dir / "config.json").read_text()), params, seq)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['sys_s'] / res['seconds']:.0%} of it, {res['process_wall_s']:.0f} s process)", flush=True)
 
     # 3. medians, ratios, table
-    peak_flops = next((v for k, v in BF16_PEAK.items() if k in (torch.cuda.get_device_name(0) if a.device == "cuda"
-                                                                 else "")), None)
+    from tunelab.models.flops import mfu, peak_flops as gpu_peak
+
+    peak_flops = gpu_peak(torch.cuda.get_device_name(0)) if a.device == "cuda" else None
     rows = []
     for m in a.methods:
         base = None

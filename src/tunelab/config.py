@@ -43,6 +43,30 @@ ReportTo = Literal["wandb", "swanlab"]
 
 
 @dataclass
+class ArchConfig:
+    family: str | None = None
+    """architecture family (a transformers model_type: qwen3, qwen2, llama, ...); null: the named model's"""
+    layers: int | None = None
+    """decoder layers; null: the named model's"""
+    hidden_size: int | None = None
+    """width of the residual stream; null: the named model's"""
+    heads: int | None = None
+    """attention heads; null: the named model's"""
+    kv_heads: int | None = None
+    """key/value heads (grouped-query attention); null: the named model's, or heads"""
+    head_dim: int | None = None
+    """width of one head; null: hidden_size / heads when the width or heads change, else the named model's"""
+    intermediate_size: int | None = None
+    """width of the MLP; null: the named model's"""
+    context_length: int | None = None
+    """longest sequence (max_position_embeddings); null: the named model's"""
+    tie_embeddings: bool | None = None
+    """share the input embedding and the output head; null: the named model's"""
+    rope_theta: float | None = None
+    """RoPE base frequency; null: the named model's"""
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"
     """built-in offline name (`tunelab models`), hub id, local model directory or run directory"""
@@ -57,7 +81,24 @@ class ModelConfig:
     revision: str | None = None
     """hub revision (branch, tag or commit) of the model"""
     from_scratch: bool = False
-    """random weights with the named model's architecture (pretraining from scratch)"""
+    """random weights with the named model's architecture, changed by model.arch (pretraining from scratch)"""
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class MixSource:
+    name: str = ""
+    """a data set reference, as data.name"""
+    weight: float = 1.0
+    """share of the mixture's examples (weights are normalised to sum to 1)"""
+    limit: int | None = None
+    """read at most this many records of this source"""
+    format: Format = "auto"
+    """this source's record format"""
+    columns: dict[str, str] = field(default_factory=dict)
+    """this source's column mapping"""
+    split: str | None = None
+    """this source's split"""
 
 
 @dataclass
@@ -106,6 +147,10 @@ class DataConfig:
     """several examples per row (positions restart, attention never crosses examples)"""
     num_proc: int = 0
     """tokenization processes; 0 picks by data size"""
+    mix: list[MixSource] = field(default_factory=list)
+    """a mixture instead of data.name: [{name, weight, limit, format, columns, split}, ...], sampled by weight with data.seed"""
+    mix_size: int | None = None
+    """examples drawn from the mixture; null: as many as the sources allow without repeating an example"""
 
 
 @dataclass
@@ -248,6 +293,16 @@ CHECKS: list[tuple[str, Any, str]] = [
     ("data.near_dup_threshold", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("data.num_proc", lambda v: v >= 0, "0 (automatic) or more"),
     ("data.max_chars", lambda v: v >= 1, "at least 1"),
+    ("data.mix", lambda v: all(m.name.strip() and m.weight > 0 for m in v), "sources each with a name and a weight above 0"),
+    ("data.mix_size", lambda v: v is None or v >= 1, "at least 1 (or null)"),
+    ("model.arch.layers", lambda v: v is None or v >= 1, "at least 1"),
+    ("model.arch.hidden_size", lambda v: v is None or v >= 8, "at least 8"),
+    ("model.arch.heads", lambda v: v is None or v >= 1, "at least 1"),
+    ("model.arch.kv_heads", lambda v: v is None or v >= 1, "at least 1"),
+    ("model.arch.head_dim", lambda v: v is None or v >= 2, "at least 2"),
+    ("model.arch.intermediate_size", lambda v: v is None or v >= 1, "at least 1"),
+    ("model.arch.context_length", lambda v: v is None or v >= 8, "at least 8"),
+    ("model.arch.rope_theta", lambda v: v is None or v > 0, "above 0"),
     ("method.freeze_trainable_layers", lambda v: v >= 0, "0 or more"),
     ("method.lora_r", lambda v: v >= 1, "at least 1"),
     ("method.lora_alpha", lambda v: v >= 1, "at least 1"),
@@ -292,6 +347,16 @@ def check_values(cfg: "Config") -> None:
         value = get_path(cfg, key)
         if not ok(value):
             raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+    arch = {k: v for k, v in dataclasses.asdict(cfg.model.arch).items() if v is not None}
+    if arch and not cfg.model.from_scratch:
+        raise ConfigError(f"config keys {', '.join('model.arch.' + k for k in arch)} change the architecture, which "
+                          "only a model built from scratch can have: set model.from_scratch: true")
+    a = cfg.model.arch
+    if a.heads and a.kv_heads and a.heads % a.kv_heads:
+        raise ConfigError(f"config key 'model.arch.kv_heads': {a.kv_heads} must divide model.arch.heads ({a.heads})")
+    if a.hidden_size and a.heads and not a.head_dim and a.hidden_size % a.heads:
+        raise ConfigError(f"config key 'model.arch.heads': {a.heads} must divide model.arch.hidden_size "
+                          f"({a.hidden_size}), or set model.arch.head_dim")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -346,6 +411,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        return "list of {" + ", ".join(f.name for f in dataclasses.fields(typing.get_args(tp)[0])) + "}"
     if origin in (list, dict):
         return str(tp).replace("typing.", "")
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -369,6 +436,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         raise bad
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, list):
+            raise bad
+        return [build_section(typing.get_args(tp)[0], v, f"{key}[{i}].") for i, v in enumerate(value)]
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_tp is str:

@@ -25,6 +25,7 @@ so a run can record exactly which data it trained on.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -106,6 +107,53 @@ def read_examples(source: str, *, stage: str = "sft", fmt: str = "auto", columns
     return examples, n_in, drops, fixes
 
 
+def read_mixture(mix: list[dict[str, Any]], *, size: int | None, stage: str, n: int, seed: int,
+                 gsm8k_boxed: bool, system_prompt: str | None, instruction: str,
+                 max_chars: int) -> tuple[list[dict[str, Any]], int, Counter, Counter, dict[str, dict[str, int]]]:
+    """`read_examples` for each source of a mixture, then the draw by weight (data/mixture.py). Each
+    example carries `mix_source` (the source's name) so statistics can be counted per source."""
+    from .mixture import draw, mixture_counts
+
+    per_source, n_in, drops, fixes, stats = [], 0, Counter(), Counter(), {}
+    for m in mix:
+        ex, k, d, f = read_examples(m["name"], stage=stage, fmt=m.get("format") or "auto",
+                                    columns=m.get("columns") or None, split_name=m.get("split"), limit=m.get("limit"),
+                                    n=n, seed=seed, gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt,
+                                    instruction=instruction, max_chars=max_chars)
+        if not ex:
+            raise DataError(f"data.mix source {m['name']!r}: no example ({k} records read, dropped: "
+                            f"{_dropped(d, max_chars)})")
+        per_source.append([{**e, "mix_source": m["name"]} for e in ex])
+        n_in, drops, fixes = n_in + k, drops + d, fixes + f
+        stats[m["name"]] = {"weight": m.get("weight", 1.0), "records_read": k, "available": len(ex)}
+    counts = mixture_counts([len(x) for x in per_source], [m.get("weight", 1.0) for m in mix], size)
+    for m, c in zip(mix, counts):
+        stats[m["name"]]["drawn"] = c
+    return draw(per_source, counts, seed), n_in, drops, fixes, stats
+
+
+def _source_stats(stats: dict[str, dict[str, Any]], parts: dict[str, list[dict]], splits: dict[str, Any]) -> None:
+    """Per source of a mixture: examples kept after cleaning, and tokens / supervised tokens trained on."""
+    import pyarrow.compute as pc
+
+    for name, st in stats.items():
+        st["kept"] = sum(1 for part in parts.values() for ex in part if ex.get("mix_source") == name)
+    for split_name, ds in splits.items():
+        if not len(ds) or "source" not in ds.column_names:
+            continue
+        table = ds.with_format("arrow")[:]
+        for name, st in stats.items():
+            rows = table.filter(pc.equal(table["source"], name))
+            sup = pc.list_flatten(pc.list_slice(rows["labels"], 1))
+            st.setdefault("tokens", 0)
+            st.setdefault("supervised_tokens", 0)
+            st["tokens"] += int(pc.sum(pc.list_value_length(rows["input_ids"])).as_py() or 0)
+            st["supervised_tokens"] += int(pc.sum(pc.not_equal(sup, IGNORE_INDEX)).as_py() or 0)
+    total = sum(st.get("tokens", 0) for st in stats.values()) or 1
+    for st in stats.values():
+        st["token_share"] = round(st.get("tokens", 0) / total, 4)
+
+
 def _dropped(drops: Counter, max_chars: int) -> str:
     text = ", ".join(f"{k} {v}" for k, v in sorted(drops.items()) if v) or "none"
     if drops.get("too_long_chars"):
@@ -140,16 +188,18 @@ def clean_and_split(examples: list[dict[str, Any]], *, source: str = "", n_in: i
 def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str, max_length: int) -> dict[str, list]:
     if stage != "pt":
         pairs = renderer.render_many(batch["messages"], wheres=batch["where"])
-        return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs]}
+        return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs], "source": batch["source"]}
     # Pretraining: each document whole (with its end-of-text token), cut into pieces of max_length;
     # `document_tokens` (on a document's first piece) lets the statistics count tokens in independently.
-    ids_out, doc_tokens = [], []
-    for text in batch["text"]:
+    ids_out, doc_tokens, sources = [], [], []
+    for text, source in zip(batch["text"], batch["source"]):
         ids, _ = renderer.render_text(text)
         for start in range(0, len(ids), max_length):
             ids_out.append(ids[start:start + max_length])
             doc_tokens.append(len(ids) if start == 0 else 0)
-    return {"input_ids": ids_out, "labels": [list(x) for x in ids_out], "document_tokens": doc_tokens}
+            sources.append(source)
+    return {"input_ids": ids_out, "labels": [list(x) for x in ids_out], "document_tokens": doc_tokens,
+            "source": sources}
 
 
 # Statistics are computed by Arrow on the columns: turning every row into Python lists first took
@@ -186,14 +236,14 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
     from datasets import Dataset
 
     field = "text" if stage == "pt" else "messages"
-    rows = [{field: ex[field], "where": ex.get("where", "")} for ex in examples]
+    rows = [{field: ex[field], "where": ex.get("where", ""), "source": ex.get("mix_source", "")} for ex in examples]
     if not rows:
         return Dataset.from_dict({"input_ids": [], "labels": []}), Counter(), {}
     ds = Dataset.from_list(rows)
     procs = num_proc or (min(4, os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1)
     ds = ds.map(_render_batch, batched=True, batch_size=256,
                 fn_kwargs={"renderer": renderer, "stage": stage, "max_length": max_length},
-                remove_columns=[field, "where"], num_proc=procs if procs > 1 else None, desc=desc,
+                remove_columns=[field, "where", "source"], num_proc=procs if procs > 1 else None, desc=desc,
                 new_fingerprint=fingerprint)  # given, so datasets does not pickle the tokenizer to hash it
     drops: Counter = Counter()
     if stage == "pt":  # nothing is dropped or cut short: every token of every document is in a piece
@@ -225,14 +275,20 @@ def heldout_conversations(cfg: Any) -> list[dict[str, Any]]:
     """The validation split of `cfg.data` as conversations, exactly as `prepare` splits it (before
     length filtering), so an experiment can roll out on the part a model never trained on."""
     d = cfg.data
-    examples, n_in, drops, _ = read_examples(
-        d.name, stage=cfg.stage, fmt=d.format, columns=d.columns, split_name=d.split, limit=d.limit, n=d.n,
-        seed=d.seed, gsm8k_boxed=d.gsm8k_boxed, system_prompt=d.system_prompt, instruction=d.instruction,
-        max_chars=d.max_chars)
+    if d.mix:
+        examples, n_in, drops, _, _ = read_mixture(
+            [dataclasses.asdict(m) for m in d.mix], size=d.mix_size, stage=cfg.stage, n=d.n, seed=d.seed,
+            gsm8k_boxed=d.gsm8k_boxed, system_prompt=d.system_prompt, instruction=d.instruction,
+            max_chars=d.max_chars)
+    else:
+        examples, n_in, drops, _ = read_examples(
+            d.name, stage=cfg.stage, fmt=d.format, columns=d.columns, split_name=d.split, limit=d.limit, n=d.n,
+            seed=d.seed, gsm8k_boxed=d.gsm8k_boxed, system_prompt=d.system_prompt, instruction=d.instruction,
+            max_chars=d.max_chars)
     _, val, _ = clean_and_split(examples, source=d.name, n_in=n_in, drops=drops, normalize=d.normalize,
                                 dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, val_size=d.val_size,
                                 seed=d.seed, max_chars=d.max_chars)
-    return [{k: v for k, v in ex.items() if k != "where"} for ex in val]
+    return [{k: v for k, v in ex.items() if k not in ("where", "mix_source")} for ex in val]
 
 
 def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto", columns: dict | None = None,
@@ -241,16 +297,24 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
             system_prompt: str | None = None, instruction: str = "auto", gsm8k_boxed: bool = True,
             supervise: str = "all_turns", max_length: int = 1024, overlong: str = "drop", dedup_mode: str = "near",
             near_dup_threshold: float = 0.9, normalize: str = "basic", max_chars: int = 1_000_000,
-            num_proc: int = 0, use_cache: bool = True) -> Prepared:
+            num_proc: int = 0, use_cache: bool = True, mix: list[dict[str, Any]] | None = None,
+            mix_size: int | None = None) -> Prepared:
     """Prepare a data set and return where it is (the cache directory) with its statistics."""
     from datasets import load_from_disk  # noqa: F401  (fail early if datasets is missing)
 
     if normalize not in NORMALIZE:
         raise DataError(f"unknown data.normalize {normalize!r}; known: {', '.join(NORMALIZE)}")
     t0 = time.perf_counter()
-    examples, n_in, drops, fixes = read_examples(
-        source, stage=stage, fmt=fmt, columns=columns, split_name=split_name, limit=limit, n=n, seed=seed,
-        gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt, instruction=instruction, max_chars=max_chars)
+    source_stats: dict[str, dict[str, Any]] = {}
+    if mix:
+        source = "mix(" + ", ".join(f"{m['name']}:{m.get('weight', 1.0):g}" for m in mix) + ")"
+        examples, n_in, drops, fixes, source_stats = read_mixture(
+            mix, size=mix_size, stage=stage, n=n, seed=seed, gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt,
+            instruction=instruction, max_chars=max_chars)
+    else:
+        examples, n_in, drops, fixes = read_examples(
+            source, stage=stage, fmt=fmt, columns=columns, split_name=split_name, limit=limit, n=n, seed=seed,
+            gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt, instruction=instruction, max_chars=max_chars)
     renderer = build_renderer(tokenizer, template=template, enable_thinking=enable_thinking, supervise=supervise)
     settings = dict(v=CACHE_VERSION, stage=stage, template=renderer.template, eot=renderer.eot,
                     kwargs=renderer.template_kwargs, supervise=supervise, max_length=max_length,
@@ -258,7 +322,7 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
                     normalize=normalize, max_chars=max_chars)
     # What the key hashes: the converted conversations (records over max_chars are already gone, so a
     # huge record is never hashed), the tokenizer and its template, and the settings above.
-    payload = [{k: ex.get(k) for k in ("messages", "text")} for ex in examples]
+    payload = [{k: ex.get(k) for k in ("messages", "text", "mix_source") if k in ex} for ex in examples]
     key = content_key([content_key(payload), _tokenizer_key(tokenizer), settings])[:24]
     cache = home() / "prepared" / key
     if use_cache and (cache / "stats.json").is_file():
@@ -284,6 +348,10 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
         stats["turns_removed"] = {"leading_assistant": fixes["leading_assistant_turn"]}
     if stage == "pt":
         stats.update(documents=counts["documents"], tokens_in=counts["tokens_in"])
+    if source_stats:
+        _source_stats(source_stats, {"train": train, "validation": val}, out_splits)
+        stats["sources"] = source_stats
+    out_splits = {k: ds.remove_columns("source") if "source" in ds.column_names else ds for k, ds in out_splits.items()}
     with atomic_dir(cache, overwrite=True) as tmp:
         for name, ds in out_splits.items():
             ds.save_to_disk(str(tmp / name))
@@ -332,5 +400,6 @@ def prepare_from_config(cfg: Any, tokenizer: Any, *, use_cache: bool = True) -> 
         enable_thinking=d.enable_thinking, system_prompt=d.system_prompt, instruction=d.instruction,
         gsm8k_boxed=d.gsm8k_boxed, supervise=d.supervise, max_length=d.max_length, overlong=d.overlong,
         dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold, normalize=d.normalize, max_chars=d.max_chars,
-        num_proc=d.num_proc, use_cache=use_cache,
+        num_proc=d.num_proc, use_cache=use_cache, mix=[dataclasses.asdict(m) for m in d.mix] or None,
+        mix_size=d.mix_size,
     )

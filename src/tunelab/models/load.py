@@ -129,6 +129,53 @@ def quantization_config(*, quant_type: str = "nf4", double_quant: bool = True, c
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
 
 
+def scratch_config(base: Any, *, family: str | None = None, layers: int | None = None,
+                   hidden_size: int | None = None, heads: int | None = None, kv_heads: int | None = None,
+                   head_dim: int | None = None, intermediate_size: int | None = None,
+                   context_length: int | None = None, tie_embeddings: bool | None = None,
+                   rope_theta: float | None = None) -> Any:
+    """The architecture of a model built from scratch: the named model's config with `model.arch`'s
+    changes. Another family starts from that family's defaults with the named model's sizes. When
+    the width or the number of heads change and head_dim is not given, head_dim = hidden / heads
+    (Qwen3's configs state head_dim separately, so it would otherwise keep the old one)."""
+    from transformers import AutoConfig
+
+    values = base.to_dict()
+    if family and family != base.model_type:
+        keep = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "max_position_embeddings", "tie_word_embeddings", "bos_token_id",
+                "eos_token_id", "pad_token_id", "head_dim")
+        try:
+            config = AutoConfig.for_model(family, **{k: values[k] for k in keep if values.get(k) is not None})
+        except ValueError as e:
+            raise ConfigError(f"config key 'model.arch.family': {e}") from None
+    else:
+        config = base.__class__.from_dict(values)
+    changes = {"num_hidden_layers": layers, "hidden_size": hidden_size, "num_attention_heads": heads,
+               "num_key_value_heads": kv_heads, "intermediate_size": intermediate_size,
+               "max_position_embeddings": context_length, "tie_word_embeddings": tie_embeddings}
+    for key, value in changes.items():
+        if value is not None:
+            setattr(config, key, value)
+    if layers and isinstance(getattr(config, "layer_types", None), list) and config.layer_types:
+        old = config.layer_types  # one entry per layer (full or sliding attention): repeat the pattern
+        config.layer_types = [old[i % len(old)] for i in range(layers)]
+    if heads and not kv_heads and getattr(config, "num_key_value_heads", None):
+        if config.num_attention_heads % config.num_key_value_heads:
+            config.num_key_value_heads = heads  # the old KV head count does not divide the new one
+    if head_dim is not None:
+        config.head_dim = head_dim
+    elif (hidden_size or heads) and hasattr(config, "head_dim"):
+        config.head_dim = config.hidden_size // config.num_attention_heads
+    if rope_theta is not None:
+        rope = dict(getattr(config, "rope_parameters", None) or {})
+        if rope or not hasattr(config, "rope_theta"):
+            config.rope_parameters = {**rope, "rope_theta": rope_theta, "rope_type": rope.get("rope_type", "default")}
+        if hasattr(config, "rope_theta"):
+            config.rope_theta = rope_theta
+    return config
+
+
 def load_model(
     ref: str | ModelRef,
     *,
@@ -137,6 +184,7 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     from_scratch: bool = False,
+    arch: dict[str, Any] | None = None,
     seed: int = 0,
     **kwargs: Any,
 ) -> Any:
@@ -155,6 +203,7 @@ def load_model(
     try:
         if from_scratch:
             config = AutoConfig.from_pretrained(r.path, trust_remote_code=trust_remote_code, revision=revision)
+            config = scratch_config(config, **(arch or {}))
             torch.manual_seed(seed)
             return AutoModelForCausalLM.from_config(
                 config, dtype=torch_dtype(dtype), attn_implementation=attn_implementation,

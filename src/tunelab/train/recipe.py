@@ -9,6 +9,7 @@ Each step is a small function below taking plain values. It writes the run direc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -102,7 +103,8 @@ def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: An
             kwargs["device_map"] = {"": local_rank}
     model = load_model(cfg.model.name, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                        trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
-                       from_scratch=cfg.model.from_scratch, seed=cfg.training.seed, **kwargs)
+                       from_scratch=cfg.model.from_scratch, arch=dataclasses.asdict(cfg.model.arch),
+                       seed=cfg.training.seed, **kwargs)
     # from scratch with another tokenizer: the embedding takes the tokenizer's vocabulary; a pretrained
     # model whose vocabulary is smaller than its tokenizer's is refused (its new rows would be random)
     fit_vocabulary(model, tokenizer, from_scratch=cfg.model.from_scratch, own_tokenizer=not cfg.model.tokenizer)
@@ -191,8 +193,12 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     # 2. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
     model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
-    accelerator.print(f"[tunelab] {describe(model, cfg.method.name)}")
     trainable, total = count_params(model)
+    from ..models.flops import flops_per_token
+
+    per_token = flops_per_token(model.config, total, cfg.data.max_length)
+    accelerator.print(f"[tunelab] {describe(model, cfg.method.name)}; {per_token / 1e9:.3g} GFLOPs per trained "
+                      f"token (6N + 12·L·d·T at T={cfg.data.max_length})")
     objective = build_objective(cfg.stage, packing=cfg.data.packing, pad_id=tokenizer.pad_token_id)
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
     module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)
@@ -240,6 +246,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
 
     from ..env import environment
     from ..memory import peak_memory_mb
+    from ..models.flops import mfu, peak_flops
 
     peak, peak_kind = peak_memory_mb(accelerator.device)
     o = cfg.optimizer
@@ -256,6 +263,10 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         "model_step": state.best_step if t.load_best and state.best_step is not None else state.step,
         "stopped_early": state.stopped_early, "precision": mp, "device": device,
         "num_processes": accelerator.num_processes,
+        "flops_per_token": per_token,
+        "mfu": mfu(state.tokens / max(state.train_time_s, 1e-9), per_token,
+                   peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None),
+        "data_sources": prepared.stats.get("sources"),
         "environment": environment(torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"),
     }
     accelerator.wait_for_everyone()

@@ -1,0 +1,41 @@
+"""Pretraining from scratch end to end: a custom size and another tokenizer from the config, a data
+mixture, the parameter count and FLOPs in the summary, and a model that reloads with plain transformers."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tunelab import config as C
+from tunelab.train.recipe import train
+
+
+def test_from_scratch_with_a_custom_size_a_tokenizer_and_a_mixture(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    (corpus / "b.md").write_text("小明有三个苹果，又买了两个。现在他有五个苹果。" * 30)
+    run = tmp_path / "run"
+    cfg = C.load(None, [
+        "stage=pt", "model.name=tiny-qwen3", "model.tokenizer=smollm2-135m-instruct", "model.from_scratch=true",
+        "model.arch.layers=2", "model.arch.hidden_size=48", "model.arch.heads=4", "model.arch.kv_heads=2",
+        "model.arch.intermediate_size=96", "model.arch.context_length=256",
+        f"data.mix=[{{name: {corpus}, weight: 1}}, {{name: arith_en, weight: 1, format: text, columns: {{text: solution}}}}]",
+        "data.n=40", "data.max_length=64", "data.val_size=2", "data.dedup=none", "method.name=full",
+        "training.max_steps=2", "training.batch_size=2", f"output.dir={run}"])
+    summary = train(cfg)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_key_value_heads, c.max_position_embeddings) == (2, 48, 2, 256)
+    assert c.vocab_size == 49152  # SmolLM2's tokenizer, not Qwen3's 151,936 rows
+    assert summary["total_params"] == sum(p.numel() for p in model.parameters())
+    assert summary["flops_per_token"] == 6 * summary["total_params"] + 12 * 2 * 48 * 64
+    sources = summary["data_sources"]
+    assert set(sources) == {str(corpus), "arith_en"} and sources[str(corpus)]["drawn"] == sources["arith_en"]["drawn"]
+    with torch.no_grad():
+        out = model(torch.tensor([[1, 2, 3]])).logits
+    assert out.shape == (1, 3, 49152)
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert stats["tokens_in"] == stats["tokens"]
