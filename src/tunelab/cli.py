@@ -234,6 +234,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import DTYPES  # light: the config module imports only yaml
+    from .rag.context import add_arguments as add_rag_arguments  # argparse only
 
     parser = argparse.ArgumentParser(prog="tunelab", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, help="seed for sampling (default: random)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_rag_arguments(p)
     commands["chat"] = _cmd_chat
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server: /v1/chat/completions, /v1/models, /health")
@@ -339,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body accepted, in bytes (default 1048576 = 1 MiB); larger: 413, unread")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_rag_arguments(p)
     commands["serve"] = _cmd_serve
 
     p = sub.add_parser("export", help="merge a LoRA/DoRA adapter (or copy a full run) into a plain transformers model")

@@ -226,7 +226,7 @@ def test_prepare_limits(body, expected):
                       max_tokens=body["max_tokens"], stop="END", temperature=0.5, seed=3)
     limits = Limits(max_input_tokens=None, max_tokens_limit=16, context=512)
     try:
-        prompt, sampling = prepare(req, _Renderer(), "sys prompt", limits)
+        prompt, sampling, _ = prepare(req, _Renderer(), "sys prompt", limits)
     except ApiError as e:
         assert (e.status, e.code, e.param) == (400, *expected)
         return

@@ -34,8 +34,9 @@ HELP = "commands: /reset, /system TEXT, /save FILE, /exit (start a message with 
 class ChatSession:
     """The conversation and what a turn does with it; no terminal code, so tests can drive it."""
 
-    def __init__(self, loaded: Any, engine: Any, sampling: Any, system: str | None = None):
-        self.loaded, self.engine, self.sampling = loaded, engine, sampling
+    def __init__(self, loaded: Any, engine: Any, sampling: Any, system: str | None = None, rag: Any = None):
+        self.loaded, self.engine, self.sampling, self.rag = loaded, engine, sampling, rag
+        self.last_sources: list[Any] = []
         self.system = system
         self.turns: list[dict[str, str]] = []
         self.context = loaded.context
@@ -49,11 +50,15 @@ class ChatSession:
 
         Interrupted (Ctrl-C) or refused turns leave the conversation as it was."""
         msgs = self.messages() + [{"role": "user", "content": text}]
+        self.last_sources, hits = [], []
+        if self.rag is not None:  # passages for this question; the kept conversation stays without them
+            msgs, hits = self.rag.apply(msgs)
         prompt = self.loaded.renderer.render_prompt(msgs)
         if self.context and len(prompt) + self.sampling.max_new_tokens > self.context:
             raise ValueError(f"the conversation is {len(prompt)} tokens and a reply may take "
                              f"{self.sampling.max_new_tokens}: more than the model's context of {self.context}; "
                              "/reset to start again")
+        self.last_sources = hits
         final = None
         for ev in self.engine.stream(prompt, self.sampling):
             if ev.delta:
@@ -106,6 +111,13 @@ def handle(session: ChatSession, line: str, on_delta: Callable[[str], None], say
     return "turn"
 
 
+def sources_line(session: ChatSession) -> str | None:
+    """The passages the last reply was given (--rag), as the numbers it may cite: "[1] file:line; ..."."""
+    if not session.last_sources:
+        return None
+    return "sources: " + "; ".join(f"[{n}] {h.citation}" for n, h in enumerate(session.last_sources, 1))
+
+
 def utf8_lines(stream: BinaryIO, name: str = "stdin") -> Iterator[str]:
     """The lines of a byte stream as text, read one at a time (a script may still be writing the next).
     Strict UTF-8: the first byte that is not raises a ServeError naming the line and the byte offset."""
@@ -139,6 +151,8 @@ def run_piped(session: ChatSession, lines: BinaryIO, out: TextIO, err: TextIO) -
             return 0
         if kind == "turn":
             print(file=out, flush=True)  # one reply per turn, each ending with a newline
+            if (cited := sources_line(session)):
+                print(cited, file=err, flush=True)  # stderr: stdout holds the replies only
     return 0
 
 
@@ -175,6 +189,8 @@ def run_terminal(session: ChatSession, banner: str) -> int:
                 return 0
             if kind == "turn":
                 print()
+                if (cited := sources_line(session)):
+                    print(cited)
         except KeyboardInterrupt:  # the engine stops generating at its next step; the turn is dropped
             print("\n[interrupted; this turn is not kept]")
         except ValueError as e:
@@ -198,14 +214,18 @@ def chat_command(args: Any) -> int:
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         seed=args.seed)
     system = args.system if args.system is not None else loaded.system_prompt
-    session = ChatSession(loaded, engine, sampling, system=system or None)
+    from ..rag.context import from_args
+
+    rag = from_args(args)
+    session = ChatSession(loaded, engine, sampling, system=system or None, rag=rag)
     try:
         if not interactive:
             return run_piped(session, sys.stdin.buffer, sys.stdout, sys.stderr)
         mode = "greedy" if args.temperature == 0 else f"temperature {args.temperature}, top_p {args.top_p}"
         banner = (f"tunelab chat: {args.model} (template {loaded.renderer.template}, stops at "
                   f"{loaded.renderer.eot or 'eos'}, {mode}, up to {args.max_new_tokens} tokens a reply)"
-                  + (f"\nsystem: {system}" if system else ""))
+                  + (f"\nsystem: {system}" if system else "")
+                  + (f"\nretrieval: {rag.describe()}" if rag else ""))
         return run_terminal(session, banner)
     finally:
         engine.close()

@@ -213,11 +213,17 @@ def check(req: Any, system_prompt: str | None) -> tuple[list[dict[str, str]], tu
     return conversation(req, system_prompt), tuple(stop)
 
 
-def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) -> tuple[list[int], Any]:
-    """Request -> (prompt ids, Sampling), or an ApiError naming the parameter at fault."""
+def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits,
+            rag: Any = None) -> tuple[list[int], Any, list[Any]]:
+    """Request -> (prompt ids, Sampling, retrieved passages), or an ApiError naming the parameter at fault.
+    With `rag`, the passages retrieved for the last user message are put into the conversation
+    (rag/context.py) before it is rendered, exactly as `tunelab chat --rag` does."""
     from .engine import Sampling
 
     messages, stop = check(req, system_prompt)
+    hits: list[Any] = []
+    if rag is not None:
+        messages, hits = rag.apply(messages)
     try:
         prompt = renderer.render_prompt(messages)
     except Exception as e:  # a template that refuses the conversation (roles out of order, ...)
@@ -244,7 +250,7 @@ def prepare(req: Any, renderer: Any, system_prompt: str | None, limits: Limits) 
     temperature = DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
     sampling = Sampling(max_new_tokens=asked, temperature=temperature,
                         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop)
-    return prompt, sampling
+    return prompt, sampling, hits
 
 
 async def _stop_when_gone(request: Request, cancel: threading.Event) -> None:
@@ -276,8 +282,11 @@ class _Threads:
 
 
 def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str | None = None,
-              api_key: str | None = None, limits: Limits, max_body_bytes: int = DEFAULT_MAX_BODY) -> Any:
+              api_key: str | None = None, limits: Limits, max_body_bytes: int = DEFAULT_MAX_BODY,
+              rag: Any = None) -> Any:
     import json
+
+    from ..rag.context import sources
 
     import anyio
     from fastapi import APIRouter, Depends, FastAPI, Header
@@ -348,8 +357,9 @@ def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str
             raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{model_name}'",
                            param="model", code="model_not_found")
         check(req, system_prompt)  # fails fast, in the loop; tokenizing (up to ~1 s for 1 MiB) is threaded
-        prompt, sampling = await anyio.to_thread.run_sync(prepare, req, renderer, system_prompt, limits,
-                                                          limiter=threads.limiter("render"))
+        prompt, sampling, hits = await anyio.to_thread.run_sync(prepare, req, renderer, system_prompt, limits, rag,
+                                                                limiter=threads.limiter("render"))
+        extra = {"sources": sources(hits)} if rag is not None else {}  # what the reply may cite as [n]
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": now, "model": model_name, "system_fingerprint": None}
         if not req.stream:
@@ -368,19 +378,19 @@ def build_app(*, engine: Any, renderer: Any, model_name: str, system_prompt: str
             return {**head, "object": "chat.completion",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": ev.text},
                                  "logprobs": None, "finish_reason": ev.finish_reason}],
-                    "usage": _usage(ev)}
+                    "usage": _usage(ev), **extra}
         include_usage = bool((req.stream_options or {}).get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None, more: dict[str, Any] | None = None) -> str:
             body = {**head, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **(more or {})}
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         async def events() -> Any:
             cancel = threading.Event()  # set when the client goes away: the worker stops generating
             tokens = engine.stream(prompt, sampling, cancel)
             try:
-                yield chunk({"role": "assistant", "content": ""}, None)
+                yield chunk({"role": "assistant", "content": ""}, None, extra)  # the sources come first
                 while True:
                     # abandon_on_cancel: a client that leaves while its job still waits in the queue is let
                     # go at once; `finally` sets cancel, so the worker skips the job and the thread returns
@@ -434,9 +444,12 @@ def serve_command(args: Any) -> int:
                              f"model's context of {context} tokens")
         limits = Limits(args.max_input_tokens, args.max_tokens_limit, context)
         engine = Engine.for_loaded(loaded)
+        from ..rag.context import from_args
+
+        rag = from_args(args)  # a missing or unreadable index fails here, before serving
         app = build_app(engine=engine, renderer=loaded.renderer, model_name=args.model,
                         system_prompt=loaded.system_prompt, api_key=args.api_key, limits=limits,
-                        max_body_bytes=max_body)
+                        max_body_bytes=max_body, rag=rag)
         host, port = sock.getsockname()[:2]
         if args.api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"[tunelab] WARNING: listening on {args.host} without --api-key: anyone who can reach it "

@@ -1,0 +1,80 @@
+"""Retrieval-augmented prompts for every command that asks a model: chat, serve and eval.
+
+    rag = RagContext("kb/gsm8k", k=3, mode="hybrid", placement="system")
+    messages, hits = rag.apply(messages)              # passages of the last user message, rendered in
+    ids = loaded.renderer.render_prompt(messages)     # then tunelab's one renderer, as always
+
+The query is the last user message. The passages go into the conversation through `augment.augment`
+(a system message, or in front of the question), so chat, serve and eval render the same text for
+the same question and index. `exclude` drops the test item itself (by id and near-duplicate text)
+when evaluating. A store is an SQLite connection, which belongs to the thread that opened it: every
+retrieval runs on one thread of this object's own, so a server's worker threads can share it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from .augment import MODES as PLACEMENTS
+from .augment import augment
+
+
+class RagContext:
+    def __init__(self, index: str, *, k: int = 3, mode: str | None = None, placement: str = "system"):
+        from ..errors import UserError
+
+        if placement not in PLACEMENTS:
+            raise UserError(f"--rag-placement '{placement}' is not one of {', '.join(PLACEMENTS)}")
+        if k < 1:
+            raise UserError(f"--rag-k must be at least 1, got {k}")
+        self.index, self.k, self.placement = index, k, placement
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-rag")
+        self._retriever = self._pool.submit(self._open).result()  # a missing index fails here, at start
+        self.mode = mode or self._pool.submit(lambda: self._retriever.default_mode).result()  # reads the store
+        self._pool.submit(self._retriever.search, "warm up", 1, mode=self.mode).result()  # loads the encoder now
+
+    def _open(self) -> Any:
+        from .retrieve import Retriever
+
+        return Retriever(self.index)
+
+    def hits(self, query: str, exclude: Any = None) -> list[Any]:
+        return self._pool.submit(self._retriever.search, query, self.k, mode=self.mode, exclude=exclude).result()
+
+    def apply(self, messages: list[dict[str, str]], exclude: Any = None) -> tuple[list[dict[str, str]], list[Any]]:
+        """(messages with the passages retrieved for the last user message, the hits)."""
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            return [dict(m) for m in messages], []
+        hits = self.hits(users[-1]["content"], exclude)
+        return augment(messages, hits, mode=self.placement), hits
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "k": self.k, "mode": self.mode, "placement": self.placement}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def sources(hits: list[Any]) -> list[dict[str, Any]]:
+    """The hits as a reply's citations: [{"n", "citation", "doc_id", "score"}], n as in the prompt."""
+    return [{"n": n, "citation": h.citation, "doc_id": h.doc_id, "score": round(float(h.score), 6)}
+            for n, h in enumerate(hits, 1)]
+
+
+def add_arguments(p: Any) -> None:
+    """--rag, --rag-k, --rag-mode, --rag-placement on a command's parser (chat, serve, eval)."""
+    p.add_argument("--rag", metavar="INDEX", help="retrieve passages from this index (`tunelab rag index`) for "
+                                                   "each question and put them in the prompt")
+    p.add_argument("--rag-k", type=int, default=3, help="passages per question (default 3)")
+    p.add_argument("--rag-mode", choices=["bm25", "dense", "hybrid"],
+                   help="retrieval method (default: hybrid when the index has an encoder, else bm25)")
+    p.add_argument("--rag-placement", default="system", choices=list(PLACEMENTS),
+                   help="the passages as a system message (default) or before the question")
+
+
+def from_args(args: Any) -> RagContext | None:
+    index = getattr(args, "rag", None)
+    if not index:
+        return None
+    return RagContext(index, k=args.rag_k, mode=args.rag_mode, placement=args.rag_placement)
