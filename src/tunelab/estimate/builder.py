@@ -1,0 +1,80 @@
+"""The builder: a tunelab config -> `estimate(...)` with plain arguments. Reads the model's config, never weights.
+
+    est = estimate_from_config(tunelab.config.load("configs/quickstart.yaml"), device="cpu")
+
+What it reads: `config.json` of the resolved model reference (a built-in name, a local directory or
+a hub id; a hub id needs network for that one small file), and the tokenizer only for a model built
+from scratch for another tokenizer (its embedding takes the tokenizer's size). The prepared data is
+not read: the supervised fraction defaults to 1 (every token in the loss, the upper bound) unless
+the caller knows it (`tunelab train` does, from the prepared data's statistics).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .core import Estimate, estimate
+
+
+def load_model_config(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    from transformers import AutoConfig
+
+    from ..errors import ModelNotFoundError
+    from ..models.load import resolve
+
+    ref = resolve(name)
+    try:
+        return AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"model.name '{name}': cannot read its config.json ({type(e).__name__}: {e}); "
+                                 "a hub id needs network for this one small file, or use a local copy") from None
+
+
+def checkpoint_dtype(config: Any) -> str | None:
+    """The dtype the weights are stored in ("float32", "bfloat16", ...), when the config says."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
+def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: float | None = None,
+                         nproc: int = 1, strategy: str = "ddp", model_config: Any = None) -> Estimate:
+    """Estimate a `tunelab.config.Config`'s training step on `device` (a profile name, `cpu`, `cuda`
+    or a DeviceProfile). `model_config`: the transformers config, when the caller has it already."""
+    m, t, d = cfg.method, cfg.training, cfg.data
+    vocab = None
+    if model_config is None:
+        model_config = load_model_config(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                                         revision=cfg.model.revision)
+        if cfg.model.from_scratch:
+            model_config, vocab = _scratch(cfg, model_config)
+    if supervised_fraction is None:
+        supervised_fraction = 1.0
+    # the weights stay a mapped view of the checkpoint file when it is stored in the dtype they are
+    # loaded in (fp32 here); QLoRA on CPU then keeps the whole file resident (see overhead.py)
+    stored = checkpoint_dtype(model_config)
+    load_dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
+    mapped = not cfg.model.from_scratch and stored == load_dtype
+    return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size,
+                    seq_len=d.max_length, supervised_fraction=supervised_fraction,
+                    grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
+                    lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
+                    quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,
+                    freeze_trainable_layers=m.freeze_trainable_layers, attention=cfg.model.attn_implementation,
+                    weights_dtype=cfg.model.dtype, packing=d.packing, grad_accum=t.grad_accum, vocab_size=vocab,
+                    nproc=nproc, strategy=strategy, checkpoint_mapped=mapped)
+
+
+def _scratch(cfg: Any, model_config: Any) -> tuple[Any, int | None]:
+    """A model built from scratch: `model.arch`'s changes to the named model's config (where this
+    tunelab has them), and an embedding sized to another tokenizer (rounded up to 64 rows, as
+    `models.load.fit_vocabulary` does). The only time the tokenizer is read."""
+    import dataclasses
+
+    from ..models import load
+
+    arch = getattr(cfg.model, "arch", None)
+    if arch is not None and hasattr(load, "scratch_config"):
+        model_config = load.scratch_config(model_config, **dataclasses.asdict(arch))
+    if not cfg.model.tokenizer:
+        return model_config, None
+    tokens = len(load.load_tokenizer(cfg.model.tokenizer, trust_remote_code=cfg.model.trust_remote_code))
+    return model_config, -(-tokens // 64) * 64

@@ -1,0 +1,88 @@
+"""`tunelab estimate CONFIG [key=value ...]`: will this training fit, and how long is a step? No weights loaded.
+
+    tunelab estimate configs/math500_qwen3_full_adamw.yaml --device H100
+    tunelab estimate configs/quickstart.yaml training.batch_size=8 --device cpu --json
+    tunelab estimate CONFIG --nproc 8 --strategy fsdp --device A100-80GB
+
+Prints the peak memory broken into components (MB and share), the moment of the step where the
+peak happens, whether it fits the device, and the predicted step time. `--json` prints the same as
+one JSON object for tools. Importing this module is cheap (argparse only): torch and transformers
+are imported when the command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("estimate", help="predict peak memory and step time of a training config "
+                                               "(reads the model's config only, no weights)")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda (the GPU present), or a profile: H100, H200, A100-80GB, A100-40GB, RTX-4090, "
+                        "L4 (default: cuda if present, else cpu)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) the run is spread over (default 1)")
+    p.add_argument("--strategy", default="ddp", choices=STRATEGIES,
+                   help="with --nproc > 1: ddp replicates everything; zero2 shards gradients and optimizer "
+                        "state; fsdp and zero3 also the weights")
+    p.add_argument("--supervised-fraction", type=float, default=None,
+                   help="share of tokens in the loss (default 1: the upper bound; `tunelab prepare` prints it)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import config as C
+    from .builder import estimate_from_config
+    from .devices import resolve_device
+
+    cfg = C.load(args.config, args.overrides)
+    device = resolve_device(_default_device() if args.device == "auto" else args.device)
+    est = estimate_from_config(cfg, device=device, supervised_fraction=args.supervised_fraction,
+                               nproc=args.nproc, strategy=args.strategy)
+    if args.json:
+        print(json.dumps({**est.to_dict(), "device_memory_bytes": device.memory_bytes,
+                          "fits": est.peak_bytes <= device.memory_bytes}, indent=2))
+        return 0
+    print_estimate(est, device_memory=device.memory_bytes, title=f"estimate: {Path(args.config).name}")
+    return 0
+
+
+def print_estimate(est: Any, *, device_memory: float | None = None, title: str = "tunelab estimate") -> None:
+    """The table `tunelab estimate` prints (also for `tunelab train` to print before training)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col, justify in (("component", "left"), ("MB", "right"), ("share", "right")):
+        table.add_column(col, justify=justify)
+    for name, value in est.components.items():
+        if value:
+            table.add_row(name, f"{value / 2**20:,.0f}", f"{value / est.peak_bytes:.0%}")
+    table.add_row("peak", f"{est.peak_mb:,.0f}", "100%", style="bold")
+    console = Console()
+    console.print(table)
+    i = est.inputs
+    console.print(f"{i['method']} / {i['optimizer']}, {i['batch_size']} x {i['seq_len']} tokens per micro-batch "
+                  f"({est.supervised_tokens_per_step:,} in the loss), precision {i['precision']}, "
+                  f"checkpointing {'on' if i['grad_checkpointing'] else 'off'}; peak during the {est.peak_phase}")
+    if device_memory:
+        fits = "fits" if est.peak_bytes <= device_memory else "does NOT fit"
+        console.print(f"device {est.device}: {device_memory / 2**30:,.1f} GiB -> {fits} "
+                      f"({est.peak_bytes / device_memory:.0%} of it)")
+    console.print(f"step time: {est.step_time_s:,.2f} s per micro-batch ({est.flops_per_step / 1e12:,.2f} TFLOP at "
+                  f"{est.device_flops / 1e12:,.2f} TFLOP/s achievable)")
+    for note in est.notes:
+        console.print(f"note: {note}")

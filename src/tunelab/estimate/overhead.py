@@ -1,0 +1,51 @@
+"""What a CPU process holds beyond live tensors: libraries loaded after the model, and allocator slack.
+
+On CPU, tunelab's measured peak is resident memory (RSS) minus the process's resident memory just
+before the model loads (torch, transformers, the tokenizer and the data are in that baseline). Two
+things then count that a GPU's `max_memory_allocated` would not:
+
+1. Libraries imported after the baseline: peft (LoRA family) pulls in bitsandbytes; `adamw_8bit`
+   imports bitsandbytes; QLoRA has imported it before (its capability check), so it does not count.
+   Constants measured as RSS growth on tiny-qwen3 runs, where every tensor is small.
+
+2. Memory the allocator keeps. torch allocates CPU tensors with 64-byte-aligned `posix_memalign`;
+   glibc before 2.38 cannot give a freed block back to an aligned request of the same size, and its
+   heap returns memory to the system only from the top. So the memory a forward pass frees between
+   the tensors it keeps for the backward (its temporaries) is mostly not reused: the heap grows past
+   the live tensors and stays there (it settles by the second step). Measured on SmolLM2-135M with
+   glibc 2.36 (bench/estimate.py), as a share of the activation volume the forward allocates (the
+   activations it would save without checkpointing, `volume`):
+     frozen base (LoRA, QLoRA)   K_FROZEN of it without checkpointing, K_FROZEN_GC with
+     trained base (full)         the freed space is taken by the gradients, but the gradients and
+                                 the activations never share it: min(volume, decoder gradients)
+   Tensors of 32 MB or more bypass the heap (glibc maps and unmaps them), which is why the logits
+   chunks and the vocabulary-sized embedding gradient count only while alive.
+"""
+from __future__ import annotations
+
+MB = 2**20
+FRAMEWORK = 75 * MB  # after the baseline: the loaded model's Python objects, autograd, thread pools
+PEFT = 80 * MB  # peft and the bitsandbytes it imports
+BITSANDBYTES = 111 * MB
+K_FROZEN = 0.85
+K_FROZEN_GC = 0.7
+
+LORA_FAMILY = ("lora", "lora_plus", "dora", "qlora")
+
+
+def framework_overhead(*, method: str, optimizer: str) -> float:
+    total = FRAMEWORK
+    if method in LORA_FAMILY:
+        total += PEFT
+    if method == "qlora":
+        total -= BITSANDBYTES  # already imported before the model loaded (methods.check_supported)
+    elif optimizer == "adamw_8bit" and method not in LORA_FAMILY:
+        total += BITSANDBYTES
+    return total
+
+
+def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, checkpointing: bool) -> float:
+    """Bytes the heap holds beyond the live tensors at the peak (see the module docstring)."""
+    if trained:
+        return min(volume, gradients)
+    return (K_FROZEN_GC if checkpointing else K_FROZEN) * volume
