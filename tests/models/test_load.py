@@ -69,6 +69,7 @@ def test_resolve_local_dir_run_dir_and_hub(tmp_path):
     assert resolve(str(local)).kind == "local"
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
     assert resolve(str(run)).path == str(run / "model")
     assert resolve("Qwen/Qwen3-0.6B-Base").kind == "hub"
 
