@@ -17,6 +17,7 @@
     tunelab tokenizer train CORPUS... --vocab-size N --output DIR   # byte-level BPE + ChatML template
     tunelab tokenizer compare DIR_OR_NAME... --data SOURCE...       # chars/bytes per token per language
     tunelab rag index|query|eval|remove|info                        # retrieval: BM25, dense (FAISS), hybrid
+    tunelab ui [DIR ...]                 # web board: runs, live curves, compare, launch, chat, export
 
 Every command that reads a config takes `a.b=value` overrides after the config path.
 """
@@ -227,6 +228,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_command(args)
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.command import ui_command
+
+    return ui_command(args)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -351,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype (default auto: the dtype the base model was saved in)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     commands["export"] = _cmd_export
+    p = sub.add_parser("ui", help="web board over run directories: runs, live training, compare, launch, chat, export")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="directories holding runs, experiments, sweeps (default: runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--api-key", default=os.environ.get("TUNELAB_API_KEY"),
+                   help="required for any --host but loopback: 'Authorization: Bearer KEY', or open /?key=KEY once")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    commands["ui"] = _cmd_ui
     from .tokenizer.command import add_parsers as add_tokenizer_parsers  # argparse only: --help stays light
 
     commands["tokenizer"] = add_tokenizer_parsers(sub)
