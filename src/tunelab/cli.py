@@ -7,7 +7,7 @@
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
     tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
     tunelab eval --model M --task T      # rollouts with the training template, grading, metrics
-    tunelab grade --task T FILE.jsonl    # grade existing outputs
+    tunelab grade --task T FILE.jsonl    # grade existing outputs (--review FILE.csv: human scores back)
     tunelab run EXPERIMENT.yaml          # variants trained + evaluated alike, then a report
     tunelab report DIR ...               # rebuild the report from saved runs
     tunelab sweep SWEEP.yaml             # Optuna search over config keys, resumable
@@ -292,13 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1024, help="perplexity: context window")
     p.add_argument("--stride", type=int, default=512, help="perplexity: sliding-window stride")
     p.add_argument("--prompt-tokens", type=int, default=128, help="efficiency: prompt length")
+    p.add_argument("--n-shot", type=int, default=0, help="K examples before each question: a benchmark's dev split, "
+                   "a task's fixed exemplars (gsm8k: 8-shot CoT, math500: 4-shot Minerva) or --fewshot-data")
+    p.add_argument("--fewshot-as-multiturn", action="store_true", help="chat mode: shots as user/assistant turns")
+    p.add_argument("--fewshot-data", help="rollouts: draw the shots (seeded) from this source, never the test items")
+    p.add_argument("--fewshot-seed", type=int, default=1234)
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompt through the chat template (default: on for rollouts, off for log-likelihood "
+                        "multiple choice; --no-chat-template gives a base model plain text)")
+    p.add_argument("--split", help="multiple choice: the benchmark split to score (mmlu/cmmlu test, ceval val)")
+    p.add_argument("--seeds", type=int, default=1, help="sampling: run every item with this many seeds; mean and std")
     commands["eval"] = _cmd_eval
 
-    p = sub.add_parser("grade", help="grade existing outputs: rows {prediction, gold} -> + extracted, correct")
-    p.add_argument("file", help="JSON lines with prediction and gold")
-    p.add_argument("--task", required=True, help="grader to use: a task with answers (math500, gsm8k, cmath, ...)")
-    p.add_argument("--output", required=True)
+    p = sub.add_parser("grade", help="grade existing outputs: rows {prediction, gold} -> + extracted, correct; "
+                       "or read a filled-in review CSV back (--review)")
+    p.add_argument("file", nargs="?", help="JSON lines with prediction and gold")
+    p.add_argument("--task", help="grader to use: a task with answers (math500, gsm8k, cmath, ...)")
+    p.add_argument("--output", help="graded JSON lines (with --review: the summary as JSON)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--review", help="a review CSV written by --export-review and filled in: mean score per dimension")
+    p.add_argument("--eval", help="with --review: the evaluation directory whose results.json gets the scores")
     commands["grade"] = _cmd_grade
 
     p = sub.add_parser("run", help="run an experiment: train variants, evaluate them and the base, write the report")

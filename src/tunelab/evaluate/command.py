@@ -28,11 +28,13 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 def settings_from_args(args: Any) -> Any:
     from .run import EvalSettings
 
+    extra = {k: getattr(args, k) for k in ("n_shot", "fewshot_as_multiturn", "fewshot_data", "fewshot_seed",
+                                           "chat_template", "split", "seeds") if getattr(args, k, None) is not None}
     return EvalSettings(limit=args.limit, data=args.data, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, n=args.n, seed=args.seed,
                         batch_size=args.batch_size, backend=args.backend, template=args.template,
                         enable_thinking=args.enable_thinking, max_length=args.max_length, stride=args.stride,
-                        prompt_tokens=args.prompt_tokens)
+                        prompt_tokens=args.prompt_tokens, **extra)
 
 
 def eval_command(args: Any) -> int:
@@ -43,7 +45,7 @@ def eval_command(args: Any) -> int:
     settings = settings_from_args(args)
     if not args.model:
         raise DataError("give at least one --model (a built-in name, a directory, a run directory or a hub id)")
-    if task.kind != "generate" and args.export_review:
+    if task.kind != "generate" and args.export_review:  # log-likelihood scores have no answer to review
         raise DataError(f"--export-review needs a generation task, not '{task.name}'")
     check(task, settings)  # before any model loads
     out = Path(args.output or f"runs/eval/{task.name}")
@@ -77,6 +79,36 @@ def _print(task: Any, results: dict[str, dict[str, Any]]) -> None:
     from .scorers import get_scorer
 
     _table(task.name, *get_scorer(task.scorer).table(results))
+    for ref, r in results.items():
+        if task.kind == "choice_ll" and len(r.get("by_category") or {}) > 1:
+            _table(f"{task.name} by category: {ref}", ["category", "n", "acc [95% CI]", "acc_norm"],
+                   [[c, v["n"], f"{v['acc']:.1%} [{v['ci95'][0]:.1%}, {v['ci95'][1]:.1%}]", f"{v['acc_norm']:.1%}"]
+                    for c, v in r["by_category"].items()])
+        if r.get("steps", {}).get("n"):
+            st = r["steps"]
+            print(f"{ref}: step similarity vs the reference solution (n={st['n']}): recall {st['recall']:.2f}, "
+                  f"precision {st['precision']:.2f}, F1 {st['f1']:.2f}, order agreement {st['order']:.2f}")
+        if r.get("seeds"):
+            sd = r["seeds"]
+            print(f"{ref}: over seeds {sd['seeds']}: mean {sd['mean']:.4f}, std {sd['std']:.4f} (values {sd['values']})")
+
+
+def review_command(args: Any) -> int:
+    """Read a filled-in review CSV back: mean score per dimension, printed, stored with --eval DIR
+    (results.json "human_review") and/or written to --output FILE.json."""
+    from .review import attach, read_review
+
+    summary = read_review(Path(args.review))
+    _table(f"human review: {args.review} ({summary['rows']} rows)", ["dimension", "mean (1-5)", "scored rows"],
+           [[d, "-" if v["mean"] is None else f"{v['mean']:.2f}", v["n"]] for d, v in summary["dimensions"].items()])
+    if getattr(args, "eval", None):
+        print(f"stored in {attach(summary, Path(args.eval))}")
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+        out.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
 
 
 def grade_command(args: Any) -> int:
@@ -84,6 +116,10 @@ def grade_command(args: Any) -> int:
     from .rollout import read_rows
     from .scorers import get_scorer
 
+    if getattr(args, "review", None):
+        return review_command(args)
+    if not args.file or not args.task or not args.output:
+        raise DataError("tunelab grade needs FILE.jsonl, --task and --output (or --review FILE.csv)")
     task = get_task(args.task)
     scorer = get_scorer(task.scorer) if task.kind == "generate" else None
     if scorer is None or scorer.gold != "answer":

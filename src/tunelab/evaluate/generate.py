@@ -37,10 +37,17 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the first stop string (plain-text few-shot: where the next example would begin)."""
+    cut = min((i for s in stop_strings if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut].strip()
+
+
 class Generator:
-    def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int]):
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int], stop_strings: list[str] | None = None):
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, stop_ids
         self.pad_id = pad_token_id(tokenizer, stop_ids)
+        self.stop_strings = list(stop_strings or [])
 
     def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int]]:
         import torch
@@ -51,6 +58,8 @@ class Generator:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                  stop_ids=self.stop_ids, pad_id=self.pad_id)
+        if self.stop_strings:  # each row stops at its own stop string; the text is cut there below
+            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         results = []
@@ -61,7 +70,8 @@ class Generator:
                     n = j + 1
                     break
             new = [t for t in row[:n] if t != self.pad_id or t in self.stop_ids]
-            results.append((decode_reply(self.tokenizer, new), len(new)))
+            text = decode_reply(self.tokenizer, new)
+            results.append((cut_at_stop(text, self.stop_strings) if self.stop_strings else text, len(new)))
         return results
 
     def generate(self, prompts: list[list[int]], s: GenerationSettings,

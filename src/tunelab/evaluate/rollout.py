@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import DataError
 from .generate import GenerationSettings
+from .review import write_review
 from .scorers import get_scorer
 from .tasks import Item, Task
 
@@ -41,19 +42,31 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def make_generator(loaded: Any, backend: str = "hf") -> Any:
+def make_generator(loaded: Any, backend: str = "hf", stop_strings: list[str] = ()) -> Any:
     """The rollout engine: transformers' batched `generate`, or vLLM's."""
     if backend == "vllm":
+        if stop_strings:
+            from ..errors import DataError
+
+            raise DataError("--backend vllm runs chat-template prompts; plain-text few-shot prompts run with hf")
         from .vllm_backend import VllmGenerator
 
         return VllmGenerator(loaded.path, loaded.meta, loaded.tokenizer, loaded.stop_ids, dtype=loaded.dtype)
     from .generate import Generator
 
-    return Generator(loaded.model, loaded.tokenizer, loaded.stop_ids)
+    return Generator(loaded.model, loaded.tokenizer, loaded.stop_ids, stop_strings=list(stop_strings))
+
+
+def prompt_ids(loaded: Any, item: Item) -> list[int]:
+    """A plain-text prompt (few-shot for a base model) as the tokenizer encodes text; else the chat template."""
+    if item.text is not None:
+        return list(loaded.tokenizer(item.text)["input_ids"])
+    return loaded.renderer.render_prompt(item.messages)
 
 
 def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: GenerationSettings, *,
-             backend: str = "hf", export_review: Path | None = None) -> dict[str, Any]:
+             backend: str = "hf", export_review: Path | None = None, seeds: int = 1, n_shot: int = 0,
+             stop_strings: list[str] = ()) -> dict[str, Any]:
     scorer = get_scorer(task.scorer)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
@@ -62,9 +75,10 @@ def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: Ge
     done = {(by_id[r["id"]], r["sample"]) for r in rows if r["id"] in by_id}
     if done:
         print(f"[tunelab] {loaded.ref}: {len(done)} predictions already in {pred_path}; continuing", flush=True)
-    prompts = [loaded.renderer.render_prompt(it.messages) for it in items]
-    texts = [loaded.renderer.prompt_text(it.messages) for it in items]
-    gen = make_generator(loaded, backend)
+    prompts = [prompt_ids(loaded, it) for it in items]
+    texts = [it.text if it.text is not None else loaded.renderer.prompt_text(it.messages) for it in items]
+    gen = make_generator(loaded, backend, stop_strings)
+    from .steps import step_similarity
     t0 = time.perf_counter()
     new_tokens = 0
 
@@ -75,6 +89,8 @@ def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: Ge
                 it = items[i]
                 row = {"id": it.id, "sample": sample, "prompt": texts[i], "prediction": text, "gold": it.gold,
                        **scorer.score(text, it.gold), "tokens": n_tok, "meta": it.meta}
+                if it.reference and scorer.gold == "answer":  # math with a reference solution
+                    row["steps"] = step_similarity(text, it.reference)
                 row.setdefault("extracted", None)
                 row.setdefault("correct", None)
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -85,7 +101,18 @@ def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: Ge
     seconds = time.perf_counter() - t0
     rows = [r for r in rows if r["id"] in by_id]
     metrics = scorer.aggregate(rows, settings.n, task.breakdown)
+    from .steps import aggregate_steps
+    from .scores import spread
+
+    if any("steps" in r for r in rows):
+        metrics["steps"] = aggregate_steps([r["steps"] for r in rows if r["sample"] == 0 and "steps" in r])
+    if seeds > 1:
+        # each seed is a whole pass over the items (sample j is seeded seed + j): its headline score
+        per_seed = [scorer.headline(scorer.aggregate([{**r, "sample": 0} for r in rows if r["sample"] == j], 1, ()))
+                    for j in range(seeds)]
+        metrics["seeds"] = {"seeds": [settings.seed + j for j in range(seeds)], **spread(per_seed)}
     results = {"task": task.name, "description": task.description, "scorer": scorer.name, **loaded.describe(),
+               "n_shot": n_shot, "prompt_mode": "plain text" if any(it.text is not None for it in items) else "chat",
                "backend": backend, **metrics, "generation": settings.as_dict(),
                "timing": {"seconds": round(seconds, 2), "generated_tokens": new_tokens,
                           "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 and new_tokens else None}}
@@ -95,16 +122,3 @@ def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: Ge
     if export_review is not None:
         write_review(export_review, rows)
     return results
-
-
-def write_review(path: Path, rows: list[dict[str, Any]]) -> None:
-    """A CSV for people to score: knowledge accuracy, logical coherence, clarity (1-5), left empty."""
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8-sig") as f:  # BOM: Excel opens Chinese text right
-        w = csv.writer(f)
-        w.writerow(["id", "prompt", "answer", "gold", "knowledge_accuracy", "logical_coherence", "clarity", "notes"])
-        for r in rows:
-            if r["sample"] == 0:
-                w.writerow([r["id"], r["prompt"], r["prediction"], r["gold"], "", "", "", ""])

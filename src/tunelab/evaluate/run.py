@@ -13,6 +13,7 @@ scorer everywhere. Generation tasks write `predictions.jsonl` + `results.json`; 
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ class EvalSettings:
     max_length: int = 1024  # perplexity: context window
     stride: int = 512  # perplexity: sliding-window stride
     prompt_tokens: int = 128  # efficiency: prompt length
+    # few-shot: K examples (an int for every task, or {task: K, "default": K}); never from the scored items
+    n_shot: int | dict[str, int] = 0
+    fewshot_as_multiturn: bool = False  # chat mode: shots as user/assistant turns, not folded into one message
+    fewshot_data: str | None = None  # rollouts: draw the shots from this source (seeded) instead of the task's
+    fewshot_seed: int = 1234
+    # None: log-likelihood tasks use plain text (base models), rollouts the model's chat template
+    chat_template: bool | None = None
+    split: str | None = None  # multiple choice: the benchmark split to score (default: the task's)
+    seeds: int = 1  # sampling: run every item with seeds seed .. seed+seeds-1, report mean and spread
 
     def __post_init__(self) -> None:
         checks = [("limit", self.limit is None or self.limit >= 1, "at least 1"),
@@ -50,7 +60,13 @@ class EvalSettings:
                   ("backend", self.backend in BACKENDS, f"one of {', '.join(BACKENDS)}"),
                   ("max_length", self.max_length >= 2, "at least 2"),
                   ("stride", 1 <= self.stride <= self.max_length, "between 1 and max_length"),
-                  ("prompt_tokens", self.prompt_tokens >= 1, "at least 1")]
+                  ("prompt_tokens", self.prompt_tokens >= 1, "at least 1"),
+                  ("n_shot", all(isinstance(k, int) and k >= 0 for k in
+                                 (self.n_shot.values() if isinstance(self.n_shot, dict) else [self.n_shot])),
+                   "a whole number >= 0, or a mapping of task names (and 'default') to such numbers"),
+                  ("seeds", self.seeds >= 1, "at least 1"),
+                  ("seeds", self.seeds == 1 or self.temperature > 0,
+                   "1 with greedy decoding (every seed gives the same output); set --temperature > 0")]
         for key, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"evaluation setting '{key}' (--{key.replace('_', '-')}) must be {expected}, "
@@ -66,8 +82,17 @@ class EvalSettings:
 
     def generation(self, task: Task) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=self.max_new_tokens or task.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                                  temperature=self.temperature, top_p=self.top_p, n=self.n, seed=self.seed,
-                                  batch_size=self.batch_size)
+                                  temperature=self.temperature, top_p=self.top_p, n=max(self.n, self.seeds),
+                                  seed=self.seed, batch_size=self.batch_size)
+
+    def shots_for(self, task: str) -> int:
+        """K for this task: `n_shot` itself, or its entry for the task (else its "default", else 0)."""
+        if isinstance(self.n_shot, dict):
+            return int(self.n_shot.get(task, self.n_shot.get("default", 0)))
+        return int(self.n_shot)
+
+    def uses_chat_template(self, task: Task) -> bool:
+        return self.chat_template if self.chat_template is not None else task.kind != "choice_ll"
 
 
 def check(task: Task, settings: EvalSettings) -> None:
@@ -80,6 +105,15 @@ def check(task: Task, settings: EvalSettings) -> None:
         check_available()
     if task.kind == "perplexity" and not settings.data:
         raise DataError("task perplexity needs --data FILE (text or conversations, any supported format)")
+    k = settings.shots_for(task.name)
+    if k and task.kind in ("perplexity", "efficiency"):
+        raise DataError(f"--n-shot is for rollouts and multiple choice, not task '{task.name}'")
+    if k and task.kind == "generate" and not (task.fewshot or settings.fewshot_data):
+        raise DataError(f"task '{task.name}' has no split to draw few-shot examples from that is not its test set; "
+                        "give --fewshot-data SOURCE (a training set of the same kind; K examples are drawn with "
+                        "--fewshot-seed)")
+    if task.kind == "choice_ll" and not (settings.data or task.source):
+        raise DataError(f"task {task.name} needs --data FOLDER (the benchmark in its published layout) or --data hub")
 
 
 def load(ref: str, settings: EvalSettings) -> Any:
@@ -96,9 +130,38 @@ def load(ref: str, settings: EvalSettings) -> Any:
 
 
 def task_items(task: Task, loaded: Any, settings: EvalSettings) -> list[Item]:
-    """A task's items, asked the way the model was trained (its system prompt and math instruction)."""
-    return task.items(limit=settings.limit, source=settings.data, system_prompt=loaded.system_prompt,
-                      instruction=loaded.task_instruction, normalize=loaded.normalize)
+    """A task's items, asked the way the model was trained (its system prompt and math instruction);
+    with --n-shot, the examples go before each question (see fewshot.py)."""
+    k = settings.shots_for(task.name)
+    chat = settings.uses_chat_template(task)
+    plain = task.items(limit=settings.limit, source=settings.data, instruction="", normalize=loaded.normalize)
+    questions = {it.messages[-1]["content"] for it in plain}  # the scored questions: never a shot
+    if not chat:  # plain text for a base model: the question alone (the shots show the format)
+        from .fewshot import plain_prompt
+
+        shots = _shots(task, settings, questions, k)
+        return [dataclasses.replace(it, text=plain_prompt(task.fewshot, shots, it.messages[-1]["content"])[0])
+                for it in plain]
+    items = task.items(limit=settings.limit, source=settings.data, system_prompt=loaded.system_prompt,
+                       instruction=loaded.task_instruction, normalize=loaded.normalize)
+    if k:
+        from .fewshot import chat_prompt
+
+        shots = _shots(task, settings, questions, k)
+        return [dataclasses.replace(it, messages=chat_prompt(task.fewshot, shots, it.messages,
+                                                             settings.fewshot_as_multiturn)) for it in items]
+    return items
+
+
+def _shots(task: Task, settings: EvalSettings, questions: set[str], k: int) -> list[tuple[str, str]]:
+    from .fewshot import EXEMPLARS, exemplars, sample
+
+    if not k:
+        return []
+    source = settings.fewshot_data or task.fewshot
+    if source in EXEMPLARS and not settings.fewshot_data:
+        return exemplars(source, k)
+    return sample(source, k, settings.fewshot_seed, exclude=questions)
 
 
 # settings that do not change what is generated (tested: batched greedy == one by one)
@@ -112,11 +175,14 @@ def fingerprint(loaded: Any, task: Task, settings: EvalSettings, items: list[Ite
     import hashlib
 
     fp = {"model": loaded.ref, "model_identity": loaded.identity, "task": task.name,
-          "task_definition": {k: v for k, v in dataclasses.asdict(task).items() if k != "description"},
+          # `fewshot` (where shots would come from) matters only with n_shot > 0, which the settings record
+          "task_definition": {k: v for k, v in dataclasses.asdict(task).items()
+                              if k not in ("description", "fewshot") and not (k in ("benchmark", "split") and not v)},
           "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT},
           **{k: v for k, v in loaded.describe().items() if k != "model"}}
     if items is not None:
-        body = json.dumps([[it.id, it.messages, it.gold] for it in items], ensure_ascii=False, sort_keys=True)
+        body = json.dumps([[it.id, it.messages, it.gold] + ([it.text] if it.text else []) for it in items],
+                          ensure_ascii=False, sort_keys=True)
         fp["items"] = {"n": len(items), "sha256": hashlib.sha256(body.encode()).hexdigest()[:16]}
     return json.loads(json.dumps(fp, default=str))  # as it reads back from disk (tuples -> lists)
 
@@ -172,6 +238,15 @@ def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSet
     out = Path(out)
     if task.kind == "generate" and items is None:
         items = task_items(task, loaded, settings)
+    if task.kind == "choice_ll":
+        from .multiple_choice import build_prompts, choice_eval, prompts_digest
+
+        resolved = dataclasses.replace(settings, chat_template=settings.uses_chat_template(task))
+        prompts = build_prompts(task, loaded, resolved)
+        fp = fingerprint(loaded, task, settings, None)
+        fp["items"] = prompts_digest(prompts)  # the exact prompts and continuations scored
+        open_output(out, fp, overwrite=overwrite)
+        return choice_eval(loaded, task, resolved, out, prompts)
     open_output(out, fingerprint(loaded, task, settings, items), overwrite=overwrite)
     if task.kind == "perplexity":
         return _perplexity(loaded, task, settings, out)
@@ -180,7 +255,17 @@ def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSet
     from .rollout import rollouts
 
     return rollouts(loaded, task, items, out, settings.generation(task), backend=settings.backend,
-                    export_review=export_review)
+                    export_review=export_review, seeds=settings.seeds, n_shot=settings.shots_for(task.name),
+                    stop_strings=_stop_strings(task, items))
+
+
+def _stop_strings(task: Task, items: list[Item]) -> list[str]:
+    """Plain-text prompts end where the next example would begin ("Q:", "Problem:", "Question:")."""
+    if not any(it.text for it in items):
+        return []
+    from .fewshot import LAYOUTS, layout
+
+    return LAYOUTS[layout(task.fewshot, items[0].messages[-1]["content"])][3]
 
 
 def _write(out: Path, res: dict[str, Any]) -> dict[str, Any]:

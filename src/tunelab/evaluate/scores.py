@@ -15,6 +15,9 @@ Exact definitions (each function implements one; tests recompute them independen
   (0 when either side has no words); BLEU-4 = nltk sentence_bleu on CHARACTERS with smoothing
   method3. Each per-pair score is x100 and rounded to 4 decimals, then averaged over pairs (the
   mean rounded to 4 decimals again). No pairs give zeros.
+- spread of a score over S seeds (S whole passes, sample j seeded seed + j): mean = sum/S and
+  std = sqrt(sum (x - mean)^2 / (S - 1)) (the sample standard deviation; 0 for one seed). A
+  difference between two models smaller than the larger of their two stds is within seed noise.
 - perplexity = exp(sum of token NLLs / number of scored tokens): the mean negative log-likelihood
   over the scored tokens only (prompt and padding tokens are not scored), exponentiated.
 
@@ -96,6 +99,23 @@ def rouge_bleu_zh(predictions: list[str], references: list[str]) -> dict[str, fl
         return {k: 0.0 for k in ROUGE_BLEU_KEYS}
     pairs = [_pair_scores(p, r) for p, r in zip(predictions, references)]
     return {k: round(sum(s[k] for s in pairs) / len(pairs), 4) for k in ROUGE_BLEU_KEYS}
+
+
+def spread(values: list[float]) -> dict:
+    """{"values", "mean", "std"} over seeds, std with S - 1 in the denominator, rounded to 4 decimals."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"values": [], "mean": None, "std": None}
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"values": [round(v, 4) for v in vals], "mean": round(mean, 4), "std": round(std, 4)}
+
+
+def within_spread(a: dict, b: dict, diff: float) -> bool:
+    """A difference `diff` between two results is within seed noise when it is no larger than the
+    larger of their seed stds (results without seeds have none: never flagged)."""
+    stds = [r["seeds"]["std"] for r in (a, b) if isinstance(r.get("seeds"), dict) and r["seeds"].get("std") is not None]
+    return bool(stds) and abs(diff) <= max(stds)
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:

@@ -206,6 +206,76 @@ def _score_table(evals: dict[str, dict[str, Any]]) -> tuple[list[str], list[list
     return cols, rows, warnings
 
 
+def _labels(evals: dict[str, dict[str, Any]]) -> list[str]:
+    return (["base"] if "base" in evals else []) + [k for k in evals if k != "base"]
+
+
+def prompting_table(evals: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """How each model was asked on each task: "5-shot plain text", "0-shot chat", ... (base models are
+    often asked few-shot in plain text and tuned models zero-shot in their chat template)."""
+    tasks = sorted({t for per in evals.values() for t in per})
+    rows = []
+    for label in _labels(evals):
+        row = [label]
+        for t in tasks:
+            r = evals[label].get(t)
+            if r is None or r.get("task") in ("perplexity", "efficiency"):
+                row.append("-")
+            else:
+                row.append(f"{r.get('n_shot') or 0}-shot, {r.get('prompt_mode') or 'chat'}")  # older results: chat
+        rows.append(row)
+    return ["model"] + tasks, rows
+
+
+def seed_notes(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Differences to the base model no larger than the seed spread (`scores.within_spread`)."""
+    from ..evaluate.scores import within_spread
+
+    notes = []
+    base = evals.get("base", {})
+    for label in _labels(evals):
+        for t, r in evals[label].items():
+            b = base.get(t)
+            if label == "base" or b is None or r.get("accuracy") is None or b.get("accuracy") is None:
+                continue
+            diff = r["accuracy"] - b["accuracy"]
+            if within_spread(r, b, diff):
+                stds = [x["seeds"]["std"] for x in (r, b) if x.get("seeds")]
+                notes.append(f"{label} vs base on {t}: {100 * diff:+.1f} points, within the seed spread "
+                             f"(std up to {100 * max(stds):.1f} points over {len(r.get('seeds', b.get('seeds'))['values'])} "
+                             "seeds): not a difference the evaluation can resolve")
+    return notes
+
+
+def extra_tables(evals: dict[str, dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(title, columns, rows, how to read) for step similarity, seeds and human review, where results have them."""
+    out = []
+    cells = [(l, t, r) for l in _labels(evals) for t, r in sorted(evals[l].items())]
+    steps = [(l, t, r["steps"]) for l, t, r in cells if (r.get("steps") or {}).get("n")]
+    if steps:
+        out.append(("Step similarity", ["model", "task", "n", "step recall", "step precision", "step F1", "order agreement"],
+                    [[l, t, s["n"], f"{s['recall']:.2f}", f"{s['precision']:.2f}", f"{s['f1']:.2f}", f"{s['order']:.2f}"]
+                     for l, t, s in steps],
+                    "The model's solution steps aligned with the reference solution's (ROUGE-L >= 0.5 per step; "
+                    "see evaluate/steps.py), beside exact-match accuracy."))
+    seeds = [(l, t, r["seeds"]) for l, t, r in cells if r.get("seeds")]
+    if seeds:
+        out.append(("Variance over seeds", ["model", "task", "seeds", "mean", "std", "values"],
+                    [[l, t, len(s["values"]), f"{100 * s['mean']:.1f}", f"{100 * s['std']:.1f}",
+                      ", ".join(f"{100 * v:.1f}" for v in s["values"])] for l, t, s in seeds],
+                    "Each seed is a whole sampled pass over the items; std is the sample standard deviation."))
+    review = [(l, t, r["human_review"]) for l, t, r in cells if r.get("human_review")]
+    if review:
+        from ..evaluate.review import DIMENSIONS
+
+        out.append(("Human review", ["model", "task", *DIMENSIONS],
+                    [[l, t, *("-" if h["dimensions"][d]["mean"] is None else
+                              f"{h['dimensions'][d]['mean']:.2f} (n={h['dimensions'][d]['n']})" for d in DIMENSIONS)]
+                     for l, t, h in review],
+                    "Mean scores from 1 to 5 given by reviewers in the exported CSV (tunelab grade --review)."))
+    return out
+
+
 def _md_table(cols: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -239,6 +309,9 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
         charts.append(("Score and validation loss against data size", "data_scale.png"))
     res_rows = _resource_rows(runs)
     score_cols, score_rows, warnings = _score_table(evals)
+    prompt_cols, prompt_rows = prompting_table(evals)
+    notes = seed_notes(evals)
+    extras = extra_tables(evals)
     title = title or f"tunelab report: {out.name}"
 
     md = [f"# {title}", ""]
@@ -252,6 +325,11 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
                "Accuracy in percent with its 95% Wilson interval; 'vs base' is the difference to the base model "
                "in percentage points; 'final answer stated' is the share of outputs that state a final answer "
                "(\\boxed{}, 'The answer is', '#### N', '答：') rather than leaving it to the last number.", ""]
+        md += ["How each model was asked (few-shot examples, plain text or chat template):", "",
+               _md_table(prompt_cols, prompt_rows), ""]
+        md += [f"> **Within seed noise:** {n}" for n in notes] + ([""] if notes else [])
+    for title, cols, rows, how in extras:
+        md += [f"## {title}", "", _md_table(cols, rows), "", how, ""]
     for caption, png in charts:
         md += [f"## {caption}", "", f"![{caption}]({png})", ""]
     diff_cols, diff_rows = config_differences(runs)
@@ -271,7 +349,11 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
     parts += [f"<p class='warn'>Warning: {html.escape(w)}</p>" for w in warnings]
     parts += ["<h2>Resources</h2>", _html_table(RESOURCE_COLS, res_rows)]
     if score_rows:
-        parts += ["<h2>Scores</h2>", _html_table(score_cols, score_rows)]
+        parts += ["<h2>Scores</h2>", _html_table(score_cols, score_rows), "<p>How each model was asked:</p>",
+                  _html_table(prompt_cols, prompt_rows)]
+        parts += [f"<p class='warn'>Within seed noise: {html.escape(n)}</p>" for n in notes]
+    for title, cols, rows, how in extras:
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(cols, rows), f"<p>{html.escape(how)}</p>"]
     for caption, png in charts:
         data = base64.b64encode((out / png).read_bytes()).decode()
         parts += [f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]

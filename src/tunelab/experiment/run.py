@@ -93,7 +93,7 @@ def stale_evals(exp: Experiment, label: str) -> list[str]:
 
     from ..evaluate.run import NOT_IN_FINGERPRINT, differences
 
-    now = {k: v for k, v in dataclasses.asdict(exp.evaluation.settings).items() if k not in NOT_IN_FINGERPRINT}
+    now = {k: v for k, v in dataclasses.asdict(exp.evaluation.settings_for(label)).items() if k not in NOT_IN_FINGERPRINT}
     now = json.loads(json.dumps(now, default=str))
     out = []
     for task in exp.evaluation.tasks:
@@ -131,7 +131,7 @@ def plan(exp: Experiment, names: list[str], rerun: list[str]) -> dict[str, str]:
 def _evaluate_label(exp: Experiment, label: str, model_ref: str, overwrite: bool) -> None:
     from ..evaluate.run import evaluate, load
 
-    settings = exp.evaluation.settings
+    settings = exp.evaluation.settings_for(label)  # common settings + this model's own (n-shot, ...)
     todo = [t for t in exp.evaluation.tasks
             if overwrite or not (exp.output / "eval" / label / t / "results.json").is_file()]
     if not todo:

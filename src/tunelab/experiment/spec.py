@@ -9,6 +9,18 @@
     evaluation: {tasks: [arith], limit: 50, max_new_tokens: 256, batch_size: 16}
     output: runs/quickstart_study
 
+n-shot per task and per model: `evaluation.n_shot` is a number for every task or a mapping
+(`{gsm8k: 8, default: 0}`), and `evaluation.models` overrides any evaluation setting for one model
+label (`base` or a variant name), e.g. the base model few-shot in plain text, the tuned ones zero-shot
+in their chat template:
+
+    evaluation:
+      tasks: [cn_middle_school, gsm8k]
+      n_shot: 0
+      models: {base: {n_shot: {cn_middle_school: 5, gsm8k: 8}, chat_template: false}}
+
+The report's "How each model was asked" table says which each model got.
+
 Every variant's overrides are checked against the config schema before anything runs: a key that
 is not a config key is an error naming the key and the variant.
 """
@@ -28,8 +40,15 @@ from ..evaluate.run import EvalSettings
 class EvalSpec:
     tasks: list[str] = field(default_factory=list)
     base_model: bool = True  # evaluate the untuned base model once, as the reference row
-    # how every model is evaluated: limit, max_new_tokens, batch_size, temperature, n, seed, ...
+    # how every model is evaluated: limit, max_new_tokens, batch_size, temperature, n, seed, n_shot, ...
     settings: EvalSettings = field(default_factory=EvalSettings)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)  # label (base | variant) -> overrides
+
+    def settings_for(self, label: str) -> EvalSettings:
+        """The settings one model label is evaluated with: the common ones plus its own overrides."""
+        import dataclasses
+
+        return dataclasses.replace(self.settings, **self.per_model.get(label, {}))
 
 
 def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
@@ -39,6 +58,9 @@ def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
     data = dict(data)
     tasks = data.pop("tasks", []) or []
     base_model = data.pop("base_model", True)
+    per_model = data.pop("models", None) or {}
+    if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
+        raise C.ConfigError(f"{where}: evaluation.models must map a model label (base or a variant) to settings")
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise C.ConfigError(f"{where}: evaluation.tasks must be a list of task names")
     from ..evaluate.tasks import TASKS
@@ -49,9 +71,11 @@ def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
                             f"{', '.join(TASKS)} (or a task .yaml file)")
     try:
         settings = EvalSettings.from_dict(data, where=f"{where}: evaluation")
+        for label, over in per_model.items():  # each model's settings checked now, before anything runs
+            EvalSettings.from_dict({**data, **over}, where=f"{where}: evaluation.models.{label}")
     except TypeError as e:
         raise C.ConfigError(f"{where}: evaluation: {e}") from None
-    return EvalSpec(tasks=tasks, base_model=bool(base_model), settings=settings)
+    return EvalSpec(tasks=tasks, base_model=bool(base_model), settings=settings, per_model=per_model)
 
 
 @dataclass
@@ -100,6 +124,10 @@ def load(path: str | Path) -> Experiment:
         cfg.output.dir = str(output / "runs" / name)
         variants[name] = cfg
     evaluation = eval_spec(spec.get("evaluation") or {}, str(path))
+    unknown_labels = sorted(set(evaluation.per_model) - set(variants) - {"base"})
+    if unknown_labels:
+        raise C.ConfigError(f"{path}: evaluation.models: no model labelled {unknown_labels}; labels: base, "
+                            f"{', '.join(variants)}")
     first = next(iter(variants.values()))
     return Experiment(name=spec.get("name") or path.stem, path=path, output=output, variants=variants,
                       overrides={k: dict(v or {}) for k, v in variants_spec.items()}, evaluation=evaluation,

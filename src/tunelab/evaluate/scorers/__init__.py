@@ -14,11 +14,12 @@ from __future__ import annotations
 from ...errors import ConfigError
 from .base import AccuracyScorer, Scorer
 from .choice import SCORER as _choice
+from .choice_ll import SCORER as _choice_ll
 from .gsm8k import SCORER as _gsm8k
 from .math_answer import SCORER as _math
 from .rouge_zh import SCORER as _rouge_zh
 
-SCORERS: dict[str, Scorer] = {s.name: s for s in (_math, _gsm8k, _choice, _rouge_zh)}
+SCORERS: dict[str, Scorer] = {s.name: s for s in (_math, _gsm8k, _choice, _choice_ll, _rouge_zh)}
 
 
 def get_scorer(name: str) -> Scorer:
