@@ -3,7 +3,7 @@
     .venv/bin/python bench/estimate.py                       # CPU matrix, tiny-qwen3 + SmolLM2-135M, ~35 min
     .venv/bin/python bench/estimate.py --tiny --out /tmp/b   # two tiny-qwen3 runs, about a minute (the smoke test)
     .venv/bin/python bench/estimate.py --only smollm2 --only lora   # rows whose name contains every --only
-    .venv/bin/python bench/estimate.py --rescore bench/results/estimate_cpu.json   # new estimates, old measurements
+    .venv/bin/python bench/estimate.py --rescore bench/results/estimate_cpu.json   # re-estimate saved measurements
 
 What is measured. Each row is a real `tunelab.train.recipe.train(cfg)` in a fresh interpreter (peak RSS
 never goes down, so one run per process). The child records the process's resident memory just before
@@ -197,11 +197,16 @@ def score(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    scored = [score(r) for r in rows]
-    shown = [{**s, "error": f"{s['error']:+.1%}"} for s in scored]
-    table = harness.table(shown, ["name", "estimate_mb", "measured_mb", "error", "peak_at", "est_phase", "step_s",
-                                  "est_step_s"])
-    errs = [abs(s["error"]) for s in scored]
+    shown = []
+    for row in rows:
+        s = score(row)
+        shown.append({"model": row["model"], "method": row["method"], "optimizer": row["optimizer"],
+                      "batch x length": f"{row['batch']} x {row['length']}", "checkpointing": "on" if row["gc"] else "",
+                      "estimate MB": round(s["estimate_mb"]), "measured MB": round(s["measured_mb"]),
+                      "error": f"{s['error']:+.1%}", "estimated peak": s["est_phase"],
+                      "step s (est.)": f"{s.get('step_s', '-')} ({s.get('est_step_s', '-')})"})
+    table = harness.table(shown, list(shown[0]))
+    errs = [abs(score(r)["error"]) for r in rows]
     line = (f"\n{len(errs)} rows: max |error| {max(errs):.1%}, mean |error| {sum(errs) / len(errs):.1%}, "
             f"within 10%: {sum(e <= 0.10 for e in errs)}, within 20%: {sum(e <= 0.20 for e in errs)}")
     return table + line
@@ -217,11 +222,14 @@ def main() -> int:
     if args.child:
         child(json.loads(args.child))
         return 0
-    if args.rescore:
-        doc = json.loads(Path(args.rescore).read_text())
+    if args.rescore:  # the measurements stay; the estimates are recomputed by this checkout's code
+        path = Path(args.rescore)
+        doc = json.loads(path.read_text())
         for row in doc["rows"]:
             row["estimate"] = estimate_row(row, Path(row["data"]), Path(row["run_dir"]),
                                            row["stats"]["supervised_fraction"])
+        doc["estimates_recomputed"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         print(report(doc["rows"]))
         return 0
 

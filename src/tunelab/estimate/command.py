@@ -65,7 +65,7 @@ def print_estimate(est: Any, *, device_memory: float | None = None, title: str =
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table()
     for col, justify in (("component", "left"), ("MB", "right"), ("share", "right")):
         table.add_column(col, justify=justify)
     for name, value in est.components.items():
@@ -73,6 +73,7 @@ def print_estimate(est: Any, *, device_memory: float | None = None, title: str =
             table.add_row(name, f"{value / 2**20:,.0f}", f"{value / est.peak_bytes:.0%}")
     table.add_row("peak", f"{est.peak_mb:,.0f}", "100%", style="bold")
     console = Console()
+    console.print(f"[bold]{title}[/bold]")
     console.print(table)
     i = est.inputs
     console.print(f"{i['method']} / {i['optimizer']}, {i['batch_size']} x {i['seq_len']} tokens per micro-batch "

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import memory as M
 from .devices import DeviceProfile, resolve_device
-from .overhead import cpu_allocator_slack, framework_overhead
+from .overhead import cpu_allocator_slack, framework_overhead, glibc_note
 from .shape import ModelShape, resolve_targets
 
 METHODS = ("full", "freeze", "lora", "lora_plus", "dora", "qlora")
@@ -222,6 +222,9 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
                                                       checkpointing=grad_checkpointing)
+        note = glibc_note()
+        if note:
+            notes.append(note)
     peak = sum(components.values())
 
     # --- time: FLOPs over the device's achievable throughput --------------------------------------

@@ -82,25 +82,30 @@ def _cache_file(key: str) -> Path:
     return home() / "estimate" / f"throughput-{_key(key)}.json"
 
 
-def _measure(device: str, dtype_name: str, n: int = 1024, repeat: int = 5) -> float:
-    """FLOP/s of an n x n matmul, best of `repeat` (the best is the least disturbed by other work)."""
+def _measure(device: str, dtype_name: str, n: int = 1024, repeat: int = 20, budget_s: float = 2.0) -> float:
+    """FLOP/s of an n x n matmul: the best of up to `repeat` runs within `budget_s` (on a shared machine
+    the best run is the one least disturbed by other work)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeat + 1):  # the first run warms up kernels and caches
+    best, start = float("inf"), time.perf_counter()
+    for i in range(repeat + 1):  # the first run warms up kernels and caches
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         (a @ b).sum().item()
-        best = min(best, time.perf_counter() - t0)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+        if i and time.perf_counter() - start > budget_s:
+            break
     return 2 * n**3 / best
 
 
 def _measured(key: str, device: str) -> dict[str, float]:
-    """Measured fp32 and bf16 throughput, cached per device and thread count (measuring takes a second)."""
+    """Measured fp32 and bf16 throughput, cached per device and thread count (measuring takes a few
+    seconds; delete `$TUNELAB_HOME/estimate/throughput-*.json` to measure again, on a quiet machine)."""
     path = _cache_file(key)
     if path.is_file():
         return json.loads(path.read_text())

@@ -49,3 +49,18 @@ def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, check
     if trained:
         return min(volume, gradients)
     return (K_FROZEN_GC if checkpointing else K_FROZEN) * volume
+
+
+def glibc_note() -> str | None:
+    """A caveat when this C library is not the kind the slack was measured with (glibc < 2.38)."""
+    import platform
+
+    lib, version = platform.libc_ver()
+    try:
+        newer = lib == "glibc" and tuple(int(x) for x in version.split(".")[:2]) >= (2, 38)
+    except ValueError:
+        newer = False
+    if lib != "glibc" or newer:
+        return (f"the CPU allocator term was measured with glibc 2.36; this process uses {lib or 'another libc'} "
+                f"{version}, whose heap may keep less")
+    return None
