@@ -26,7 +26,7 @@ import json
 import os
 import random
 import resource
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -250,12 +250,14 @@ def main() -> int:
         row = {**row, "data": str(data), "run_dir": str(out), "stats": stats[key]}
         row["estimate"] = estimate_row(row, data, out, stats[key]["supervised_fraction"])
         row["measured"] = run_child({"run": row["name"], "overrides": ov}, args.tunelab_src)
+        shutil.rmtree(out, ignore_errors=True)  # the run's model and checkpoints: up to 2 GB each
         done.append(row)
         harness.save("estimate_cpu_tiny" if args.tiny else "estimate_cpu", {"steps": STEPS, "rows": done}, args.out)
         s = score(row)
         print(f"[{i + 1}/{len(rows)} {time.perf_counter() - t0:6.0f}s] {row['name']}: "
               f"estimate {s['estimate_mb']:.0f} MB, measured {s['measured_mb']:.0f} MB, error {s['error']:+.1%} "
               f"(peak at {s['peak_at']})", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     name = "estimate_cpu_tiny" if args.tiny else "estimate_cpu"
     path = harness.save(name, {"steps": STEPS, "rows": done}, args.out)
     print(report(done))

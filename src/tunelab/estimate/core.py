@@ -193,7 +193,6 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     grad_bytes /= shard_g
     head_grad /= shard_g
     opt_bytes /= shard_o
-    base = weights + adapters + extra_dist
 
     # --- the moments of a step: what is alive at each ----------------------------------------------
     tied_emb_grad = M.FP32 * V * H / shard_g if (head_trains and shape.tied) else 0.0
