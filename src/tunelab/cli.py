@@ -5,6 +5,7 @@
     tunelab data                         # built-in data sets and where they are found
     tunelab config [CONFIG [k=v ...]]    # every config key and its meaning, or a config resolved and checked
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
+    tunelab estimate CONFIG [k=v ...]    # peak memory and step time, before loading weights
     tunelab train CONFIG [k=v ...]       # one explicit loop: full, freeze, LoRA(+), DoRA, QLoRA; sft or pt
     tunelab eval --model M --task T      # rollouts with the training template, grading, metrics
     tunelab grade --task T FILE.jsonl    # grade existing outputs (--review FILE.csv: human scores back)
@@ -118,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from . import config as C
 
     cfg = C.load(args.config, args.overrides)
-    if args.nproc and args.nproc > 1:
+    if args.nproc > 1 or args.strategy:
         return _launch(args)
     from .train.recipe import train
 
@@ -126,22 +127,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary is enough
         print(json.dumps(summary, indent=2))
         print(f"run directory: {cfg.output.dir}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # one of several processes, done and its process group closed: leave without the interpreter's
+        # teardown, where gloo's threads abort now and then on CPU (SIGABRT after every file was written)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
 def _launch(args: argparse.Namespace) -> int:
-    """Re-run this command as N data-parallel processes with torchrun (DDP: NCCL on GPU, gloo on CPU).
+    """Re-run this command as --nproc processes of --strategy (default ddp) on this machine, through
+    `accelerate launch` with the strategy's accelerate config (train/distributed.py)."""
+    from .train.distributed import launch
 
-    accelerate's Accelerator reads torchrun's environment, so the loop is the same; FSDP and DeepSpeed
-    go through `accelerate launch --config_file configs/accelerate/...` instead (see README).
-    """
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-           "-m", "tunelab", "train", args.config, *args.overrides]
-    cmd += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
-    print("[tunelab] " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    flags = [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
+    return launch([args.config, *args.overrides, *flags], nproc=max(1, args.nproc), strategy=args.strategy or "ddp")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -267,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a non-empty run directory and start again")
-    p.add_argument("--nproc", type=int, default=0, help="data-parallel processes (runs `accelerate launch`)")
+    p.add_argument("--nproc", type=int, default=0, help="processes on this machine (runs `accelerate launch`)")
+    p.add_argument("--strategy", choices=["ddp", "fsdp", "zero2", "zero3"],
+                   help="with --nproc: data parallel (default), FSDP2, or DeepSpeed ZeRO-2/3 (`tunelab[deepspeed]`)")
     commands["train"] = _cmd_train
 
     p = sub.add_parser("eval", help="rollouts + grading, perplexity or efficiency for one or more models")
@@ -385,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .rag.command import add_parsers as add_rag_parsers  # argparse only: --help stays light
 
     commands["rag"] = add_rag_parsers(sub)
+    from .estimate import command as estimate_command  # argparse only; torch is imported when it runs
+
+    estimate_command.add_parser(sub)
+    commands["estimate"] = estimate_command.run
     parser.set_defaults(_commands=commands)
     return parser
 
