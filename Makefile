@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[test]" $(TORCH)
+	$(BIN)/pip install -q -e ".[test,deepspeed]" $(TORCH)
 	touch $@
 
 setup: $(VENV)/.installed

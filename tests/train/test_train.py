@@ -1,18 +1,15 @@
-"""The training engine end to end on tiny-qwen3: invariances (accumulation, resume, two processes),
-every method trains and reloads with plain transformers/peft, metrics and summary, bad input."""
+"""The training engine end to end on tiny-qwen3: invariances (accumulation, resume), every method trains
+and reloads with plain transformers/peft, metrics and summary, bad input. Several processes (DDP, FSDP,
+DeepSpeed) against one: test_distributed.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
 from tunelab import config as C
 from tunelab.paths import OutputExistsError
 from tunelab.errors import TrainingDiverged
@@ -197,23 +194,3 @@ def test_pretraining_on_raw_text_from_scratch(tmp_path):
     # every token is predicted except each example's first (nothing precedes it): the loss's own count
     n = sum(stats["examples_out"].values())
     assert stats["supervised_tokens"] == stats["tokens"] - n and summary["steps"] == 2
-
-
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    """DDP on CPU (gloo): 2 processes x batch 2 == 1 process x batch 2 x 2 accumulation steps."""
-    common = [*BASE, "training.max_steps=2", "training.batch_size=2", "data.packing=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "tunelab", "train", str(REPO / "configs/quickstart.yaml"), *common,
-                          "training.grad_accum=2", f"output.dir={tmp_path / 'one'}"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "tunelab", "train", str(REPO / "configs/quickstart.yaml"), *common,
-                          "training.grad_accum=1", f"output.dir={tmp_path / 'two'}", "--nproc", "2"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["num_processes"] == 2
-    la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(la) == 2 and all(abs(x - y) < 1e-5 for x, y in zip(la, lb))
-    assert_same_weights(tmp_path / "one", tmp_path / "two", 1e-5)

@@ -9,7 +9,9 @@ The result equals `F.cross_entropy(model(...).logits[:, :-1], labels[:, 1:], red
 (tests check loss and gradients).
 
 `CausalLMLoss` is an `nn.Module` around the model so that data-parallel wrappers (DDP, FSDP,
-DeepSpeed through accelerate) see one forward call and synchronise gradients as usual.
+DeepSpeed through accelerate) see one forward call and synchronise gradients as usual; it shows them
+the model's `config` (DeepSpeed sizes its buckets from `hidden_size`) and `_no_split_modules` (FSDP
+shards each decoder layer on its own).
 It returns the *sum* of token losses and the number of supervised tokens; the loop divides by the
 token count of the whole accumulated (and all-reduced) batch.
 """
@@ -53,6 +55,8 @@ class CausalLMLoss(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, logits_budget_mb: int = 256):
         super().__init__()
         self.model = model
+        self.config = _base(model).config
+        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
         if chunk_size is None:  # rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens)
             vocab = _base(model).get_output_embeddings().weight.shape[0]
             chunk_size = max(64, logits_budget_mb * 2**20 // (4 * vocab))

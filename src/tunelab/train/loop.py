@@ -10,6 +10,12 @@ Loss normalisation: each step's loss is the sum of token losses over the *whole*
 (all micro-batches, all processes) divided by its number of supervised tokens. So batch 8 x 1
 step, batch 1 x 8 accumulation steps and 2 processes x 4 give the same update (tested), unlike the
 common mean-per-micro-batch, which over-weights short examples.
+
+Several processes (DDP, FSDP, DeepSpeed ZeRO-2/3; train/distributed.py) run this same loop, in the
+engines' own terms: each micro-batch tells accelerate whether it ends the step (`sync_gradients`:
+DDP and FSDP reduce gradients then, DeepSpeed's engine steps its optimizer then, inside `backward`),
+and the loss handed to `backward` is scaled so that what the engine divides by (accumulation steps)
+and averages over (processes) turns back into the step's token sum over its token count.
 """
 from __future__ import annotations
 
@@ -99,15 +105,22 @@ def evaluate_loss(accelerator: Any, module: torch.nn.Module, objective: Any, ds:
     val_plan = StepPlan([len(x) for x in ds["input_ids"]], packing=plan.kwargs["packing"],
                         max_length=plan.kwargs["max_length"], batch_size=plan.kwargs["batch_size"], grad_accum=1,
                         world_size=1, seed=0)
-    unwrapped = accelerator.unwrap_model(module)  # no DDP collectives: ranks may run unequal batches
+    batches = [units for step in val_plan.epoch(0) for units in step]
+    mine = batches[rank::world]
+    unwrapped = accelerator.unwrap_model(module)  # no DDP buffer broadcast; FSDP/ZeRO-3 hooks stay on the layers
     unwrapped.eval()
     total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     with torch.no_grad(), accelerator.autocast():
-        for step in val_plan.epoch(0):
-            for units in step[rank::world]:
-                batch = {k: v.to(accelerator.device) for k, v in objective.collate(ds, units).items()}
-                loss, n = unwrapped(**batch)
+        # every process runs as many forward passes (FSDP and ZeRO-3 gather weights inside each one);
+        # a process with one batch fewer repeats its first and drops the result
+        for i in range(-(-len(batches) // world)):
+            units = mine[i] if i < len(mine) else batches[0]
+            batch = {k: v.to(accelerator.device) for k, v in objective.collate(ds, units).items()}
+            loss, n = unwrapped(**batch)
+            if i < len(mine):
                 total += torch.stack([loss.double(), n.double()])
+    if hasattr(unwrapped, "reshard"):  # FSDP2's root keeps its weights gathered after a forward without backward
+        unwrapped.reshard()
     total = accelerator.reduce(total, "sum")
     return (total[0] / total[1].clamp(min=1)).item()
 
@@ -126,12 +139,10 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
     ckpt_dir = Path(run_dir) / rundir.CHECKPOINTS
     has_val = val_ds is not None and len(val_ds) > 0
 
-    def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        if main:
-            ckpt.save(ckpt_dir, step=state.step, model=model, optimizer=optimizer, scheduler=scheduler,
-                      state=state.as_dict(), keep_last=s.keep_last, best_step=state.best_step)
-        accelerator.wait_for_everyone()
+    def save_checkpoint() -> None:  # every process takes part (shards are gathered or written by each)
+        ckpt.save(ckpt_dir, step=state.step, accelerator=accelerator, model=model, module=module,
+                  optimizer=optimizer, scheduler=scheduler, state=state.as_dict(), keep_last=s.keep_last,
+                  best_step=state.best_step)
 
     def epoch_progress() -> float:
         return round(state.epoch + state.step_in_epoch / max(1, len(plan.epoch(state.epoch))), 4)
@@ -165,22 +176,25 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
                                   dtype=torch.float64, device=accelerator.device)
             n_sup, n_tok = accelerator.reduce(counts, "sum").tolist()
 
-            # forward, loss, backward over the micro-batches; gradients sync on the last one only
+            # forward, loss, backward over the micro-batches; the last one ends the step. (Not accelerate's
+            # `accumulate`, which counts calls: a short last step of an epoch would put it out of phase.)
             module.train()
             step_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             for i, batch in enumerate(micro):
-                sync = i == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(module):
+                last = i == len(micro) - 1
+                accelerator.sync_gradients = last  # DDP/FSDP reduce gradients, DeepSpeed steps, on the last only
+                with contextlib.nullcontext() if last else accelerator.no_sync(module):
                     with accelerator.autocast():
                         loss_sum, _ = module(**batch)
-                    # DDP averages gradients over processes; scaling by `world` turns that into a sum
-                    accelerator.backward(loss_sum * (world / max(n_sup, 1)))
+                    # backward divides by the accumulation steps and the processes' gradients are averaged:
+                    # multiplying by both leaves the step's token sum over its token count
+                    accelerator.backward(loss_sum * (world * accelerator.gradient_accumulation_steps / max(n_sup, 1)))
                 step_loss += loss_sum.detach().double()
 
-            if s.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(params, s.max_grad_norm))
-            else:
-                grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            # the norm of the whole gradient, clipped to max_grad_norm (DeepSpeed clips inside its step
+            # and reports the norm); 0 (off) clips at infinity, which only measures
+            grad_norm = accelerator.clip_grad_norm_(params, s.max_grad_norm or math.inf)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()

@@ -1,11 +1,12 @@
 """`tunelab train`: the builder that turns a config into a model, data, optimizer and a call to `fit`.
 
-    tunelab train configs/quickstart.yaml [key=value ...] [--resume | --overwrite] [--nproc N]
+    tunelab train configs/quickstart.yaml [key=value ...] [--resume | --overwrite] [--nproc N [--strategy S]]
 
 `train` reads top to bottom as the steps of a run: open the run directory, prepare the data, load
 and adapt the model, build the optimizer and schedule over the planned steps, fit, summarise, save.
 Each step is a small function below taking plain values. It writes the run directory described in
-`tunelab/rundir.py`; only the main process writes.
+`tunelab/rundir.py`; only the main process writes. Under several processes every process runs `train`
+(`accelerate launch`; the strategy is accelerate's config, see train/distributed.py).
 """
 from __future__ import annotations
 
@@ -142,18 +143,22 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     check_external(cfg.output.report_to)
 
     import torch
-    from accelerate import Accelerator
 
     from ..data.prepare import prepare_from_config
     from ..models.load import identity, load_tokenizer
     from ..paths import clean_leftovers, mark, remove_output
     from . import checkpoint as ckpt
+    from .distributed import configure_deepspeed, make_accelerator, strategy_of
     from .loop import FitSettings, StepPlan, TrainState, fit
     from .methods import count_params, describe
     from .objectives import build_objective
 
     mp = mixed_precision(cfg.training.precision, device)
-    accelerator = Accelerator(mixed_precision=mp, cpu=device == "cpu")
+    accelerator = make_accelerator(mixed_precision=mp, cpu=device == "cpu", grad_accum=cfg.training.grad_accum)
+    strategy = strategy_of(accelerator)
+    if cfg.method.name == "qlora" and strategy in ("fsdp", "zero2", "zero3"):
+        raise C.ConfigError(f"method qlora under strategy {strategy} is not supported (4-bit weights cannot be "
+                            "sharded or partitioned here); use --strategy ddp, or method lora")
     main = accelerator.is_main_process
     if main and overwrite:
         remove_output(run_dir, "run", inputs_of(cfg))
@@ -201,11 +206,15 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                       f"token (6N + 12·L·d·T at T={cfg.data.max_length})")
     objective = build_objective(cfg.stage, packing=cfg.data.packing, pad_id=tokenizer.pad_token_id)
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
-    module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)
+    if strategy.startswith("zero"):  # the engine needs the micro-batch size, accumulation and clipping
+        configure_deepspeed(accelerator, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                            max_grad_norm=t.max_grad_norm)
+    module, optimizer = accelerator.prepare(objective.wrap(model), optimizer)  # the scheduler stays tunelab's
     state = None
     if resume_from is not None:
         try:
-            state = TrainState.from_dict(ckpt.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler))
+            state = TrainState.from_dict(ckpt.load(resume_from, accelerator=accelerator, model=model, module=module,
+                                                   optimizer=optimizer, scheduler=scheduler))
         except Exception as e:  # a checkpoint of another shape, a truncated file: nothing has been changed yet
             raise UserError(f"--resume: cannot restore {resume_from} into this run's model and optimizer "
                             f"({type(e).__name__}: {e}); no file of {run_dir} was changed") from None
@@ -225,7 +234,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                            resume_step=(state.step if state else 0) if resume else None)
     accelerator.print(f"[tunelab] {len(train_ds)} train / {len(val_ds)} validation examples, "
                       f"{steps_per_epoch} steps per epoch, {total_steps} steps, precision {mp}, device {device}"
-                      f" x {accelerator.num_processes}")
+                      f" x {accelerator.num_processes} ({strategy})")
     # 3. fit
     settings = FitSettings(total_steps=total_steps, max_grad_norm=t.max_grad_norm, log_every=t.log_every,
                            eval_every=t.eval_every, save_every=t.save_every, keep_last=t.keep_last,
@@ -248,11 +257,15 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     from ..memory import peak_memory_mb
     from ..models.flops import mfu, peak_flops
 
+    from accelerate.utils import gather_object
+
     peak, peak_kind = peak_memory_mb(accelerator.device)
+    peaks = gather_object([round(peak, 1)]) if accelerator.num_processes > 1 else [round(peak, 1)]
     o = cfg.optimizer
     summary = {
         "method": cfg.method.name, "optimizer": o.name, "stage": cfg.stage, "model": cfg.model.name,
-        "trainable_params": trainable, "total_params": total, "peak_mem_mb": round(peak, 1), "peak_mem_kind": peak_kind,
+        "trainable_params": trainable, "total_params": total, "peak_mem_mb": max(peaks), "peak_mem_kind": peak_kind,
+        "peak_mem_mb_per_process": peaks,
         "train_time_s": round(state.train_time_s, 3), "epoch_times_s": state.epoch_times_s,
         "steps": state.step, "epochs_completed": state.epoch, "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
@@ -262,20 +275,35 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         "best_val_loss": None if math.isinf(state.best_val) else state.best_val, "best_step": state.best_step,
         "model_step": state.best_step if t.load_best and state.best_step is not None else state.step,
         "stopped_early": state.stopped_early, "precision": mp, "device": device,
-        "num_processes": accelerator.num_processes,
+        "num_processes": accelerator.num_processes, "strategy": strategy,
         "flops_per_token": per_token,
         "mfu": mfu(state.tokens / max(state.train_time_s, 1e-9), per_token,
                    peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None),
         "data_sources": prepared.stats.get("sources"),
         "environment": environment(torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"),
     }
+    # a sharded model is gathered whole (every process takes part) for a plain `from_pretrained` directory
+    inner = accelerator.unwrap_model(module).model
+    whole = ckpt.full_state(inner, keep=main) if strategy in ckpt.COLLECTIVE else None
     accelerator.wait_for_everyone()
     if main:
         meta = rundir.build_metadata(
             base_model=cfg.model.name, tokenizer=cfg.model.tokenizer or cfg.model.name, method=cfg.method.name,
             stage=cfg.stage, template=prepared.stats["template"], enable_thinking=cfg.data.enable_thinking,
             supervise=cfg.data.supervise, from_scratch=cfg.model.from_scratch, quantization=quant)
-        rundir.save_model(accelerator.unwrap_model(module).model, tokenizer, run_dir / rundir.MODEL, meta)
+        rundir.save_model(inner if whole is None else _Gathered(inner, whole), tokenizer, run_dir / rundir.MODEL, meta)
         (run_dir / rundir.SUMMARY).write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the process group of several processes
     return summary
+
+
+class _Gathered:
+    """`model` whose `save_pretrained` writes `state_dict`: the weights gathered from every process's
+    shards (a PeftModel keeps the adapter's part of it, as it does of its own state_dict)."""
+
+    def __init__(self, model: Any, state_dict: dict[str, Any]):
+        self.model, self.state_dict = model, state_dict
+
+    def save_pretrained(self, path: Any, **kwargs: Any) -> None:
+        self.model.save_pretrained(path, state_dict=self.state_dict, **kwargs)
