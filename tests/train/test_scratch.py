@@ -39,3 +39,18 @@ def test_from_scratch_with_a_custom_size_a_tokenizer_and_a_mixture(tmp_path):
     assert out.shape == (1, 3, 49152)
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["tokens_in"] == stats["tokens"]
+
+
+def test_every_run_records_its_estimate_next_to_the_measured_peak(tmp_path, capsys):
+    cfg = C.load(None, ["model.name=tiny-qwen3", "data.name=arith_en", "data.n=24", "data.val_size=4",
+                        "data.max_length=256", "data.dedup=exact", "method.lora_r=4", "training.max_steps=2",
+                        "training.batch_size=2", f"output.dir={tmp_path / 'run'}"])
+    summary = train(cfg)
+    assert "estimate before training" in capsys.readouterr().out  # printed before the model loads
+    e = summary["estimate"]
+    assert e["estimate_mb"] > 0 and e["kind"] == "cpu_peak_rss" and e["peak_phase"]
+    if e["measured_mb"] is not None:  # None when tokenizing peaked higher than this tiny training
+        assert abs(e["measured_mb"] - (summary["peak_mem_mb"] - e["baseline_mb"])) <= 0.2
+        assert abs(e["error"] - (e["estimate_mb"] - e["measured_mb"]) / e["measured_mb"]) <= 1e-3  # rounding
+        assert abs(e["error"]) < 0.5  # the bench measures the real error; this only catches a broken wiring
+    assert set(e["components_mb"]) >= {"weights", "adapters", "optimizer", "activations", "logits"}

@@ -116,6 +116,26 @@ def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: An
                         use_rslora=m.use_rslora, gradient_checkpointing=cfg.training.gradient_checkpointing)
 
 
+def _estimate(cfg: C.Config, device: str, supervised_fraction: float | None, nproc: int, strategy: str,
+              show: bool) -> Any:
+    """`tunelab estimate` for this run, or None when it cannot be made (an architecture the estimator
+    does not know is refused there; training must not fail for it)."""
+    from ..estimate import estimate_from_config
+
+    try:
+        est = estimate_from_config(cfg, device=device, supervised_fraction=supervised_fraction, nproc=nproc,
+                                   strategy=strategy if strategy in ("fsdp", "zero2", "zero3") else "ddp")
+    except UserError as e:
+        if show:
+            print(f"[tunelab] no memory estimate: {e}", flush=True)
+        return None
+    if show:
+        from ..estimate.command import print_estimate
+
+        print_estimate(est, title="estimate before training (tunelab estimate)")
+    return est
+
+
 def build_optimization(cfg: C.Config, model: Any, total_steps: int) -> tuple[Any, Any]:
     from .optim import build_optimizer, build_scheduler, param_groups
 
@@ -195,7 +215,15 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                             f"{accelerator.num_processes} processes)")
     total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * steps_per_epoch))
 
-    # 2. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
+    # 2. the estimate (tunelab estimate), printed now and checked against the measured peak at the end
+    from ..estimate.check import baseline_mb
+    from ..memory import peak_memory_mb
+
+    est = _estimate(cfg, device, prepared.stats.get("supervised_fraction"), accelerator.num_processes, strategy,
+                    show=main)
+    mem_base, (peak_before, _) = baseline_mb(accelerator.device), peak_memory_mb(accelerator.device)
+
+    # 3. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
     model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
     trainable, total = count_params(model)
@@ -235,7 +263,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     accelerator.print(f"[tunelab] {len(train_ds)} train / {len(val_ds)} validation examples, "
                       f"{steps_per_epoch} steps per epoch, {total_steps} steps, precision {mp}, device {device}"
                       f" x {accelerator.num_processes} ({strategy})")
-    # 3. fit
+    # 4. fit
     settings = FitSettings(total_steps=total_steps, max_grad_norm=t.max_grad_norm, log_every=t.log_every,
                            eval_every=t.eval_every, save_every=t.save_every, keep_last=t.keep_last,
                            patience=t.early_stopping_patience)
@@ -250,14 +278,14 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         accelerator.print(f"[tunelab] training.load_best: model/ holds step {state.best_step} "
                           f"(validation loss {state.best_val:.4f}), not the last step {state.step}")
 
-    # 4. summary and the model
+    # 5. summary and the model
     import platform
 
-    from ..env import environment
-    from ..memory import peak_memory_mb
-    from ..models.flops import mfu, peak_flops
-
     from accelerate.utils import gather_object
+
+    from ..env import environment
+    from ..estimate.check import summary_entry
+    from ..models.flops import mfu, peak_flops
 
     peak, peak_kind = peak_memory_mb(accelerator.device)
     peaks = gather_object([round(peak, 1)]) if accelerator.num_processes > 1 else [round(peak, 1)]
@@ -280,6 +308,8 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         "mfu": mfu(state.tokens / max(state.train_time_s, 1e-9), per_token,
                    peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None),
         "data_sources": prepared.stats.get("sources"),
+        "estimate": None if est is None else summary_entry(
+            est, peak_mb=peak, baseline_mb=mem_base, kind=peak_kind, peak_before_mb=peak_before if device == "cpu" else None),
         "environment": environment(torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"),
     }
     # a sharded model is gathered whole (every process takes part) for a plain `from_pretrained` directory
