@@ -347,3 +347,9 @@ def test_summary_entry_records_estimate_measured_and_error():
     # a CPU peak reached before the model loaded (data preparation) hides the training's own peak
     hidden = summary_entry(est, peak_mb=base + 500, baseline_mb=base, kind="cpu_peak_rss", peak_before_mb=base + 500)
     assert hidden["measured_mb"] is None and hidden["error"] is None and hidden["estimate_mb"] == entry["estimate_mb"]
+    # the report's resource table shows both, with the error in percent
+    from tunelab.experiment.report import RESOURCE_COLS, _estimate_cell
+
+    assert "estimate vs measured MB (error)" in RESOURCE_COLS
+    assert _estimate_cell(entry) == f"{entry['estimate_mb']:,.0f} vs {entry['measured_mb']:,.0f} (+100.0%)"
+    assert _estimate_cell(hidden).endswith("(measured: n/a)") and _estimate_cell(None) == "-"

@@ -154,18 +154,29 @@ def _resource_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
     for name, r in runs.items():
         s = r["summary"]
         if s is None:
-            rows.append([name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "failed: " + (r["error"] or "no summary")])
+            rows.append([name, *["-"] * (len(RESOURCE_COLS) - 2), "failed: " + (r["error"] or "no summary")])
             continue
         epochs = s.get("epoch_times_s") or []
         per_epoch = sum(epochs) / len(epochs) if epochs else None
         rows.append([name, s["method"], s["optimizer"], f"{s['trainable_params']:,}",
                      f"{s['peak_mem_mb']:,.0f} ({'GPU alloc' if s['peak_mem_kind'].startswith('cuda') else 'CPU RSS'})",
-                     _fmt(per_epoch, 1), _fmt(s.get("supervised_tokens_per_s"), 1), _fmt(s["train_time_s"], 1),
+                     _estimate_cell(s.get("estimate")), _fmt(per_epoch, 1), _fmt(s.get("supervised_tokens_per_s"), 1),
+                     _fmt(s["train_time_s"], 1),
                      _fmt(s.get("final_train_loss")), _fmt(s.get("final_val_loss")), "ok"])
     return rows
 
 
-RESOURCE_COLS = ["variant", "method", "optimizer", "trainable params", "peak memory MB", "time/epoch s",
+def _estimate_cell(e: dict[str, Any] | None) -> str:
+    """`tunelab estimate`'s prediction against what this run measured (summary.json `estimate`)."""
+    if not e:
+        return "-"
+    if e.get("measured_mb") is None:
+        return f"{e['estimate_mb']:,.0f} (measured: n/a)"
+    return f"{e['estimate_mb']:,.0f} vs {e['measured_mb']:,.0f} ({100 * e['error']:+.1f}%)"
+
+
+RESOURCE_COLS = ["variant", "method", "optimizer", "trainable params", "peak memory MB",
+                 "estimate vs measured MB (error)", "time/epoch s",
                  "supervised tok/s", "total train s", "final train loss", "final val loss", "status"]
 
 
@@ -318,7 +329,9 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
     for w in warnings:
         md += [f"> **Warning:** {w}", ""]
     md += ["## Resources", "", _md_table(RESOURCE_COLS, res_rows), "",
-           "Peak memory: GPU max allocated, or the process's peak resident memory on CPU. Time per epoch and "
+           "Peak memory: GPU max allocated, or the process's peak resident memory on CPU; 'estimate vs measured' is "
+           "`tunelab estimate`'s prediction against the training's own part of that peak (on CPU the peak minus "
+           "the memory before the model loaded). Time per epoch and "
            "throughput exclude evaluation and checkpointing.", ""]
     if score_rows:
         md += ["## Scores", "", _md_table(score_cols, score_rows), "",
