@@ -106,7 +106,8 @@ def board(tmp_path_factory, tunelab_home):
     study.wait(timeout=1500)
     log.close()
     status = json.loads((tmp / "board" / "study" / "status.json").read_text())
-    assert status["lora"] == "trained" and status["full"] == "trained" and status["broken"].startswith("failed"), \
+    ok = not status["lora"].startswith("failed") and not status["full"].startswith("failed")
+    assert ok and status["broken"].startswith("failed"), \
         (status, (tmp / "study.log").read_text()[-3000:])
     subprocess.run([sys.executable, "-m", "tunelab", "report", "board/study", "--output", "report"], cwd=tmp,
                    env=env(), check=True, capture_output=True)
@@ -202,10 +203,11 @@ def test_statuses_live_curve_reload_kill_resume_stop(board, page, shots):
         assert page.inner_text("#example .sup").strip().endswith("<|im_end|>")  # a reply, with its end of turn
         assert "<|im_start|>user" in page.inner_text("#example")
 
-        ckpt = tmp / "board" / "live" / "checkpoints" / "step-000005"
+        # any complete checkpoint (step 5 itself may already be pruned by training.keep_last on a slow machine)
+        ckpts = tmp / "board" / "live" / "checkpoints"
         deadline = time.time() + 300
-        while not ckpt.is_dir():
-            assert time.time() < deadline, "no checkpoint at step 5"
+        while not any((c / "state.json").is_file() for c in ckpts.glob("step-*")):
+            assert time.time() < deadline, "no checkpoint"
             time.sleep(0.5)
         os.killpg(live.pid, signal.SIGKILL)  # the process dies without a word
         live.wait()

@@ -27,7 +27,9 @@ class ModelPool:
         self.max_models = max_models
         self._models: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        # one load at a time: two threads importing transformers' lazy modules at once can fail
+        # ("cannot import name 'AutoTokenizer'"), and loading is bound by the CPU and the disk anyway
+        self._loading = threading.Lock()
 
     def get(self, ref: str) -> tuple[Any, Any]:
         """(Loaded, Engine) for a model reference, loaded once."""
@@ -35,8 +37,7 @@ class ModelPool:
             if ref in self._models:
                 self._models.move_to_end(ref)
                 return self._models[ref]
-            lock = self._loading.setdefault(ref, threading.Lock())
-        with lock:  # one load per model, even when two pages ask at once
+        with self._loading:  # one load per model, even when two pages ask at once
             with self._lock:
                 if ref in self._models:
                     return self._models[ref]

@@ -169,7 +169,7 @@ class Scanner:
         if job_state == "running":
             live = f"pid {job.get('pid')}, started from this board"
         elif holder:
-            live = f"pid {holder} trains it (seen in its command line)"
+            live = f"pid {holder} trains it (its command line)"
         elif parent_live == "sweep" and newest_open:
             live = "the sweep's worker is alive and this is its newest unfinished trial"
         else:
@@ -189,8 +189,6 @@ class Scanner:
         how = ("stopped from this board" if job_state == "stopped" else
                f"its process ended (exit status {job.get('exit_code')})" if job_state in ("finished",) else
                "no process is working on it")
-        if parent_live and not d.exists():
-            return {**out, "status": "queued", "detail": "waiting for its turn in the experiment"}
         if ckpts:
             return {**out, "status": "interrupted",
                     "detail": f"{how}; resumable from checkpoint step {ckpts[-1]}"}
@@ -210,6 +208,7 @@ class Scanner:
                "data": " + ".join(mix) if mix else data.get("name"),
                "step": summary.get("steps", digest["step"]),
                "max_steps": (cfg.get("training") or {}).get("max_steps"),
+               "epochs": (cfg.get("training") or {}).get("epochs"),
                "epoch": digest["epoch"],
                "best_val_loss": summary.get("best_val_loss", digest["best_val_loss"]),
                "last_train_loss": summary.get("final_train_loss", digest["last_train_loss"]),

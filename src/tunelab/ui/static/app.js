@@ -39,6 +39,11 @@ function dur(s) {
   s = Math.round(s);
   return s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${Math.floor(s / 3600)} h ${Math.floor(s % 3600 / 60)} min`;
 }
+function stepText(r) {  // "12 / 40", or with epochs "12 (epoch 0.43 of 1)"
+  if (r.step === null || r.step === undefined) return "-";
+  if (r.max_steps > 0) return `${fmt(r.step)} / ${fmt(r.max_steps)}`;
+  return r.epoch && !["finished", "failed"].includes(r.status) ? `${fmt(r.step)} (epoch ${(+r.epoch).toFixed(2)}/${r.epochs ?? "?"})` : fmt(r.step);
+}
 function badge(status, detail) { return h("span", {class: `badge ${status}`, "data-status": status, title: detail || ""}, status); }
 function every(ms, fn) { const t = setInterval(fn, ms); timers.push(t); }
 function table(cols, rows, attrs) {
@@ -143,11 +148,11 @@ function boardPage() {
     compareBtn.disabled = picked.size < 1;
     const runRows = b.runs.map(r => h("tr", {"data-run-id": r.id},
       h("td", {}, h("input", {type: "checkbox", checked: picked.has(r.id), onchange: e => { e.target.checked ? picked.add(r.id) : picked.delete(r.id); savePicked(); compareBtn.disabled = picked.size < 1; }})),
-      h("td", {}, h("a", {href: "#/run/" + enc(r.id)}, r.label)),
-      h("td", {}, r.parent ? h("a", {href: "#/compare/" + b.runs.filter(x => x.parent && x.parent.id === r.parent.id).map(x => enc(x.id)).join(",")}, `${r.parent.kind} ${r.parent.name}`) : "-"),
+      h("td", {class: "wrap"}, h("a", {href: "#/run/" + enc(r.id)}, r.label.replace(/\//g, "/\u200b"))),  // may break after a /
+      h("td", {class: "wrap"}, r.parent ? h("a", {href: "#/compare/" + b.runs.filter(x => x.parent && x.parent.id === r.parent.id).map(x => enc(x.id)).join(",")}, `${r.parent.kind} ${r.parent.name}`) : "-"),
       h("td", {class: "status"}, badge(r.status, r.detail), h("div", {class: "detail"}, r.detail || "")),
-      h("td", {}, r.method || "-"), h("td", {}, r.model || "-"), h("td", {}, r.data || "-"),
-      h("td", {class: "num step"}, r.step === null || r.step === undefined ? "-" : fmt(r.step) + (r.max_steps > 0 ? ` / ${fmt(r.max_steps)}` : "")),
+      h("td", {}, r.method || "-"), h("td", {}, r.model || "-"), h("td", {class: "wrap"}, r.data || "-"),
+      h("td", {class: "num step"}, stepText(r)),
       h("td", {class: "num"}, fmt(r.best_val_loss)), h("td", {class: "num"}, r.peak_mem_mb ? fmt(Math.round(r.peak_mem_mb)) : "-"),
       h("td", {class: "num"}, dur(r.time_s))));
     const parts = [h("table", {id: "runs-table"}, h("thead", {}, h("tr", {}, ["", "run", "in", "status", "method", "model", "data", "step", "best val loss", "peak MB", "time"].map(c => h("th", {}, c)))),
@@ -195,9 +200,10 @@ function runPage(id) {
     if (r.parent) buttons.push(h("a", {class: "button", href: "#/compare/" + enc(id)}, "Compare…"));
     head.replaceChildren(h("h1", {}, r.label, " ", badge(r.status, r.detail)),
       h("p", {class: "detail", id: "status-detail"}, r.detail || ""),
-      h("table", {class: "kv"}, h("tbody", {}, [["method", r.method], ["model", r.model], ["data", r.data], ["step", r.step], ["best validation loss", fmt(r.best_val_loss)],
-        ["peak memory MB", r.peak_mem_mb ? fmt(Math.round(r.peak_mem_mb)) : "-"], ["time", dur(r.time_s)],
-        ["in", r.parent ? `${r.parent.kind} ${r.parent.name}` : "-"]].map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v ?? "-"))))),
+      h("div", {class: "stats"}, [["method", r.method], ["model", r.model], ["data", r.data], ["step", stepText(r)],
+        ["best validation loss", fmt(r.best_val_loss)], ["peak memory MB", r.peak_mem_mb ? fmt(Math.round(r.peak_mem_mb)) : "-"],
+        ["time", dur(r.time_s)], ["in", r.parent ? `${r.parent.kind} ${r.parent.name}` : "-"]].map(([k, v]) =>
+          h("div", {class: "stat"}, h("div", {class: "label"}, k), h("div", {class: "value"}, v ?? "-")))),
       h("div", {class: "toolbar"}, buttons));
   };
   const drawRest = (r) => {
@@ -242,7 +248,7 @@ function runPage(id) {
   };
   drawCharts();
   refresh().then(poll).catch(e => head.replaceChildren(h("p", {class: "error"}, e.message)));
-  every(2000, () => { if (["running", "starting", "queued"].includes(status) || rows.length === 0) poll().catch(() => {}); });
+  every(2000, () => { if (["running", "starting"].includes(status) || rows.length === 0) poll().catch(() => {}); });
   every(5000, () => { if (lastDetail && lastDetail.job_detail && lastDetail.job_detail.state === "running") refresh(); });
 }
 function dataStats(s) {
