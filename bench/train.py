@@ -66,7 +66,8 @@ RUNNERS = ("tunelab", "tunelab_gc", "trl_default", "trl_best", "hf_padded512")
 METHODS = ("lora", "full")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 PAD_TO = 512  # the tutorial recipe's fixed length
-SHARED_DATA = harness.REPO.parent / "shared" / "data"
+# GSM8K train: $TUNELAB_DATA when set (as tunelab finds data; bench/gpu_check.sh carries a copy), else ../shared/data
+SHARED_DATA = Path(os.environ.get("TUNELAB_DATA") or harness.REPO.parent / "shared" / "data")
 TOLERANCE = 1e-3  # relative difference allowed between a peer's first-batch loss and tunelab's
 # Qwen3-0.6B's architecture (its config.json), built with random weights: nothing to download.
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
