@@ -244,9 +244,12 @@ def run_child(name: str, spec: dict[str, Any], *, timeout: float, log: Path) -> 
 
 
 def why(rc: int, timeout: float, tail: str) -> str:
+    """The failure in one line (a traceback's last line says what went wrong), then the output's end."""
     if rc == 124:
         return f"timed out after {timeout:.0f} s\n{tail}"
-    return f"exit {rc}\n{tail}"
+    last = next((line.strip() for line in reversed(tail.splitlines())
+                 if line.strip() and not line.startswith(harness.MARK)), "no output")
+    return f"exit {rc}: {last}\n{tail}"
 
 
 def train_config(p: dict[str, Any], method: str, model_dir: str, run_dir: Path) -> dict[str, Any]:
@@ -425,7 +428,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 "loss 1st/last step"]
         lines += ["", f"**`bench/train.py`** (`{bt['command']}`; TRL {bt['trl']}; every runner's loss on the same "
                   f"first micro-batch equals tunelab's: {'yes' if bt['loss_check_passed'] else 'NO'})", "",
-                  harness.table(bt["results"], [c for c in cols if any(c in r for r in bt["results"])])]
+                  harness.table([{**r, "MFU": f"{100 * r['MFU']:.1f}%" if r.get("MFU") else None} for r in bt["results"]],
+                                [c for c in cols if any(c in r for r in bt["results"])])]
     if doc.get("failed"):
         lines += ["", f"Failed at `{doc['failed']}`: " + st[doc["failed"]]["reason"].splitlines()[0]]
     return "\n".join(lines) + "\n"
@@ -455,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(a.child)
         harness.emit(CHILDREN["rollout" if spec["run"] == "vllm" else spec["run"]](spec))
         return 0
+    unknown = set((a.only or "").split(",")) - set(STAGES) - {""}
+    if unknown:
+        print(f"--only: unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
     mode = "dry" if a.dry_run else "gpu"
     p = PRESETS[mode]
     budget = a.budget or p["budget"]
@@ -465,10 +473,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work or tempfile.mkdtemp(prefix="gpu_check_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     wanted = STAGES if not a.only else ["env", "model"] + [s for s in STAGES[2:] if s in a.only.split(",")]
-    unknown = set((a.only or "").split(",")) - set(STAGES) - {""}
-    if unknown:
-        print(f"--only: unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}", file=sys.stderr)
-        return 2
     ctx: dict[str, Any] = {"out": out, "work": work, "model_dir": str(work / "model"), "env": {}}
     from tunelab.env import _commit
 
