@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "multiple choice; --no-chat-template gives a base model plain text)")
     p.add_argument("--split", help="multiple choice: the benchmark split to score (mmlu/cmmlu test, ceval val)")
     p.add_argument("--seeds", type=int, default=1, help="sampling: run every item with this many seeds; mean and std")
+    add_rag_arguments(p)  # the passages retrieved for each item's question, never the item itself
     commands["eval"] = _cmd_eval
 
     p = sub.add_parser("grade", help="grade existing outputs: rows {prediction, gold} -> + extracted, correct; "

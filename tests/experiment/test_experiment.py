@@ -1,6 +1,7 @@
 """Experiments on tiny-qwen3: variant expansion and its errors, skip and resume of variants, a
 failed variant reported while the others run, the report rebuilt from saved runs alone (with its
-charts and tables), and the warning for evaluations run with different settings."""
+charts and tables), the warning for evaluations run with different settings, and evaluation with and
+without retrieval side by side (`evaluation.retrieval`) with its errors at load."""
 from __future__ import annotations
 
 import json
@@ -193,3 +194,82 @@ def test_run_never_deletes_a_users_file_in_a_variant_directory(tmp_path):
     with pytest.raises(C.ConfigError, match="holds files tunelab did not write"):
         run(S.load(path))
     assert mine.read_text() == "keep"
+
+
+def _arith_index(tmp_path: Path) -> str:
+    """A BM25 index of three worked arithmetic examples (a knowledge base for the +rag evaluations)."""
+    from tunelab.rag.command import main as rag_main
+
+    src = tmp_path / "worked.jsonl"
+    src.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in [
+        ("Tom has 12 apples and gives away 5. How many apples are left?", "12 - 5 = 7. The answer is \\boxed{7}."),
+        ("A box holds 6 pens. How many pens are in 4 boxes?", "6 * 4 = 24. The answer is \\boxed{24}."),
+        ("Sara reads 9 pages a day for 3 days. How many pages does she read?", "9 * 3 = 27. \\boxed{27}")]))
+    assert rag_main(["index", str(src), "--output", str(tmp_path / "kb")]) == 0
+    return str(tmp_path / "kb")
+
+
+def test_retrieval_adds_a_rag_row_for_every_model(tmp_path):
+    index = _arith_index(tmp_path)
+    path = write_exp(tmp_path, {"lora": {}}, {"tasks": ["arith_en"], "limit": 2, "max_new_tokens": 2,
+                                              "batch_size": 2, "retrieval": {"index": index, "k": 2}})
+    exp = S.load(path)
+    assert exp.evaluation.retrieval == S.Retrieval(index=index, k=2)
+    assert main(["run", str(path)]) == 0
+    study = tmp_path / "study"
+    for label in ("base", "base+rag", "lora", "lora+rag"):
+        res = json.loads((study / "eval" / label / "arith_en" / "results.json").read_text())
+        assert res["n"] == 2 and ("retrieval" in res) == label.endswith("+rag")
+    rag = json.loads((study / "eval/lora+rag/arith_en/results.json").read_text())["retrieval"]
+    assert rag["index"] == index and rag["k"] == 2 and rag["mode"] == "bm25" and rag["passages"] == 4
+    rows = [json.loads(l) for l in (study / "eval/lora+rag/arith_en/predictions.jsonl").read_text().splitlines()]
+    assert all("Use the numbered passages below" in r["prompt"] for r in rows)
+    plain = (study / "eval/lora/arith_en/predictions.jsonl").read_text()
+    assert "Use the numbered passages below" not in plain
+    report = (study / "report.md").read_text()
+    scores = report.split("## Scores")[1]
+    order = [line.split("|")[1].strip() for line in scores.splitlines() if line.startswith("| ")][1:5]
+    assert order == ["base", "base+rag", "lora", "lora+rag"]  # each model beside its row with retrieval
+    assert f"| lora+rag | 0-shot, chat, 2 passages retrieved (bm25) from {index} |" in report
+    assert "| lora | 0-shot, chat |" in report
+    # run again: everything is done, nothing is refused as changed
+    assert run(S.load(path)) == {"lora": "done earlier"}
+    # another k: the +rag evaluations are stale, the plain ones are not
+    spec = yaml.safe_load(path.read_text())
+    spec["evaluation"]["retrieval"]["k"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(C.ConfigError, match=r"eval of lora\+rag on arith_en: rag_k: 2 -> 1") as e:
+        run(S.load(path))
+    assert "eval of lora on" not in str(e.value)
+
+
+@pytest.mark.parametrize("retrieval, message", [
+    ("kb", "evaluation.retrieval must be a mapping with 'index'"),
+    ({"k": 2}, "evaluation.retrieval.index must be the path of a `tunelab rag index` folder"),
+    ({"index": "KB", "top_k": 2}, r"evaluation.retrieval: unknown key\(s\) \['top_k'\]; known: index, k, mode"),
+    ({"index": "KB", "k": 0}, "evaluation.retrieval.k must be a whole number >= 1, got 0"),
+    ({"index": "KB", "mode": "sparse"}, "evaluation.retrieval.mode must be bm25, dense or hybrid, got 'sparse'"),
+    ({"index": "KB", "mode": "dense"}, "evaluation.retrieval: .*has no dense vectors"),
+    ({"index": "MISSING"}, "evaluation.retrieval: .*missing: not a tunelab rag index \\(does not exist\\)"),
+    ({"index": "KB", "encoder": "ENC"}, "evaluation.retrieval: .*was built without an encoder"),
+])
+def test_bad_retrieval_is_refused_at_load_naming_the_key(tmp_path, retrieval, message):
+    index = _arith_index(tmp_path)
+    encoder = tmp_path / "encoder"  # a model folder is enough: the index is refused before any encoder loads
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    subst = {"KB": index, "MISSING": str(tmp_path / "missing"), "ENC": str(encoder)}
+    if isinstance(retrieval, dict):
+        retrieval = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in retrieval.items()}
+    path = write_exp(tmp_path, {"lora": {}}, {"tasks": ["arith_en"], "retrieval": retrieval})
+    with pytest.raises(C.ConfigError, match=message):
+        S.load(path)
+    assert main(["run", str(path)]) == 2  # one message, exit status 2, nothing trained
+    assert not (tmp_path / "study").exists()
+
+
+def test_retrieval_and_rag_settings_together_are_refused(tmp_path):
+    index = _arith_index(tmp_path)
+    path = write_exp(tmp_path, {"lora": {}}, {"tasks": ["arith_en"], "rag_k": 2, "retrieval": {"index": index}})
+    with pytest.raises(C.ConfigError, match=r"evaluation: \['rag_k'\] and evaluation.retrieval both set"):
+        S.load(path)

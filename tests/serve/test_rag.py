@@ -1,12 +1,16 @@
-"""Retrieval-augmented chat and serve: the passages retrieved for the question are rendered into the
-prompt by the one renderer, so `chat --rag` and `serve --rag` answer exactly what a direct computation
-on the augmented conversation gives, and they name the sources."""
+"""Retrieval-augmented chat, serve and eval: the passages retrieved for the question are rendered into
+the prompt by the one renderer, so `chat --rag` and `serve --rag` answer exactly what a direct
+computation on the augmented conversation gives (and name the sources), and `eval --rag` predicts for an
+item exactly what `chat --rag` replies to the same message."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tests.serve.conftest import Server
 from tests.serve.test_chat import chat, evaluated  # noqa: F401  (a fixture)
+from tunelab.cli import main
 from tunelab.rag.augment import augment
 from tunelab.rag.command import main as rag_main
 from tunelab.rag.context import RagContext
@@ -66,3 +70,19 @@ def test_augment_is_what_the_context_applies(index):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "bus time?"}]
     out, hits = rag.apply(msgs)
     assert out == augment(msgs, hits, mode="system") and msgs[0]["content"] == "Be brief."  # input unchanged
+
+
+def test_eval_with_rag_predicts_what_chat_with_rag_replies(random_qwen, index, tmp_path):
+    # a task without the math instruction, so the item's message is one line of chat input
+    question = "How much does a pen cost at the school shop?"
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question": question, "answer": "3 yuan\n#### 3"}) + "\n")
+    (tmp_path / "pens.yaml").write_text(f"source: {tmp_path / 'q.jsonl'}\nscorer: gsm8k\ninstruction: ''\n")
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", random_qwen, "--task", str(tmp_path / "pens.yaml"), "--max-new-tokens", "8",
+                 "--rag", index, "--rag-k", "2", "--output", str(out)]) == 0
+    row = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    r = chat(random_qwen, "--rag", index, "--rag-k", "2", "--max-new-tokens", "8", stdin=question + "\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert row["prediction"] and r.stdout == row["prediction"] + "\n"
+    first, second = row["meta"]["retrieved"].split("; ")
+    assert f"sources: [1] {first}; [2] {second}" in r.stderr and first == "facts.jsonl:1"

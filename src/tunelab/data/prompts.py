@@ -35,6 +35,16 @@ def math_instruction(question: str, instruction: str = "auto", answer_format: st
     return ZH_INSTRUCTION if is_chinese(question) else EN_INSTRUCTION
 
 
+def without_instruction(content: str, instruction: str | None = None) -> str:
+    """A user message without the math instruction `apply_prompts` appended to it (`instruction`, else
+    one of the defaults); a message without one comes back unchanged. Evaluation compares the bare
+    question with retrieved passages (the leakage check), which the instruction would dilute."""
+    for text in filter(None, (instruction, EN_INSTRUCTION, ZH_INSTRUCTION, ANSWER_LINE_INSTRUCTION)):
+        if content.endswith(f"\n{text}"):
+            return content[:-len(text) - 1]
+    return content
+
+
 def apply_prompts(conv: dict[str, Any], *, system_prompt: str | None = None, instruction: str = "auto") -> dict[str, Any]:
     """Return a copy of `conv` with the system prompt set and the math instruction appended."""
     msgs = [dict(m) for m in conv["messages"]]

@@ -66,7 +66,8 @@ def prompt_ids(loaded: Any, item: Item) -> list[int]:
 
 def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: GenerationSettings, *,
              backend: str = "hf", export_review: Path | None = None, seeds: int = 1, n_shot: int = 0,
-             stop_strings: list[str] = ()) -> dict[str, Any]:
+             stop_strings: list[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generate, grade and write; `extra` goes into results.json as it is (e.g. how retrieval was set up)."""
     scorer = get_scorer(task.scorer)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
@@ -115,7 +116,8 @@ def rollouts(loaded: Any, task: Task, items: list[Item], out: Path, settings: Ge
                "n_shot": n_shot, "prompt_mode": "plain text" if any(it.text is not None for it in items) else "chat",
                "backend": backend, **metrics, "generation": settings.as_dict(),
                "timing": {"seconds": round(seconds, 2), "generated_tokens": new_tokens,
-                          "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 and new_tokens else None}}
+                          "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 and new_tokens else None},
+               **(extra or {})}
     if loaded.warning:
         results["warning"] = loaded.warning
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))

@@ -9,6 +9,10 @@
 renderer, the trained system prompt and instruction), the same generation settings and the same
 scorer everywhere. Generation tasks write `predictions.jsonl` + `results.json`; `perplexity` and
 `efficiency` write `results.json`.
+
+With `rag` (--rag INDEX) every item's conversation gets the passages retrieved for its question through
+`rag.context.RagContext`, the object `chat --rag` and `serve --rag` use, so an item is asked exactly
+what chat would ask for the same message; the item itself is never retrieved (`with_retrieval`).
 """
 from __future__ import annotations
 
@@ -51,6 +55,12 @@ class EvalSettings:
     chat_template: bool | None = None
     split: str | None = None  # multiple choice: the benchmark split to score (default: the task's)
     seeds: int = 1  # sampling: run every item with seeds seed .. seed+seeds-1, report mean and spread
+    # retrieval (rollouts with a chat template): passages from this index (`tunelab rag index`) in each prompt
+    rag: str | None = None
+    rag_k: int = 3  # passages per question
+    rag_mode: str | None = None  # bm25 | dense | hybrid (None: hybrid with an encoder, else bm25)
+    rag_placement: str = "system"  # a system message, or before_question
+    rag_encoder: str | None = None  # refuse an index built with another encoder
 
     def __post_init__(self) -> None:
         checks = [("limit", self.limit is None or self.limit >= 1, "at least 1"),
@@ -114,6 +124,22 @@ def check(task: Task, settings: EvalSettings) -> None:
                         "--fewshot-seed)")
     if task.kind == "choice_ll" and not (settings.data or task.source):
         raise DataError(f"task {task.name} needs --data FOLDER (the benchmark in its published layout) or --data hub")
+    if settings.rag:
+        if task.kind != "generate" or not settings.uses_chat_template(task):
+            raise DataError(f"--rag puts passages into the chat conversation a model answers: it needs a rollout task "
+                            f"asked through the chat template, not '{task.name}'"
+                            + (" with --no-chat-template" if task.kind == "generate" else ""))
+        if k:
+            raise DataError("--rag with --n-shot: the retrieved passages are the worked examples; use one or the other")
+        check_retrieval(settings)
+
+
+def check_retrieval(settings: EvalSettings) -> None:
+    """The index of `settings.rag` exists, can run `rag_mode` and was built with `rag_encoder` (no model loads)."""
+    from ..rag.context import check as check_index
+
+    check_index(settings.rag, k=settings.rag_k, mode=settings.rag_mode, placement=settings.rag_placement,
+                encoder=settings.rag_encoder)
 
 
 def load(ref: str, settings: EvalSettings) -> Any:
@@ -168,6 +194,13 @@ def _shots(task: Task, settings: EvalSettings, questions: set[str], k: int) -> l
 NOT_IN_FINGERPRINT = ("batch_size",)
 
 
+def fingerprint_settings(settings: EvalSettings) -> dict[str, Any]:
+    """The settings an evaluation's results depend on. Without retrieval the rag_* keys are left out, so
+    evaluations that ran before they existed keep their fingerprints; with it they all count."""
+    return {k: v for k, v in dataclasses.asdict(settings).items()
+            if k not in NOT_IN_FINGERPRINT and not (k.startswith("rag") and not settings.rag)}
+
+
 def fingerprint(loaded: Any, task: Task, settings: EvalSettings, items: list[Item] | None) -> dict[str, Any]:
     """What an evaluation's results depend on: the model and its weights' identity, the task, the
     settings, the prompt settings and, for rollouts, the items (ids, prompts, gold answers)."""
@@ -178,7 +211,7 @@ def fingerprint(loaded: Any, task: Task, settings: EvalSettings, items: list[Ite
           # `fewshot` (where shots would come from) matters only with n_shot > 0, which the settings record
           "task_definition": {k: v for k, v in dataclasses.asdict(task).items()
                               if k not in ("description", "fewshot") and not (k in ("benchmark", "split") and not v)},
-          "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in NOT_IN_FINGERPRINT},
+          "settings": fingerprint_settings(settings),
           **{k: v for k, v in loaded.describe().items() if k != "model"}}
     if items is not None:
         body = json.dumps([[it.id, it.messages, it.gold] + ([it.text] if it.text else []) for it in items],
@@ -238,6 +271,9 @@ def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSet
     out = Path(out)
     if task.kind == "generate" and items is None:
         items = task_items(task, loaded, settings)
+    retrieval = None
+    if settings.rag:  # the prompts with their passages are what the fingerprint's items hash covers
+        items, retrieval = with_retrieval(items, settings, loaded.task_instruction)
     if task.kind == "choice_ll":
         from .multiple_choice import build_prompts, choice_eval, prompts_digest
 
@@ -256,7 +292,57 @@ def evaluate(model: str | Any, task: str | Task, *, out: Path, settings: EvalSet
 
     return rollouts(loaded, task, items, out, settings.generation(task), backend=settings.backend,
                     export_review=export_review, seeds=settings.seeds, n_shot=settings.shots_for(task.name),
-                    stop_strings=_stop_strings(task, items))
+                    stop_strings=_stop_strings(task, items), extra={"retrieval": retrieval} if retrieval else None)
+
+
+REFERENCE_MIN_CHARS = 40
+
+
+def with_retrieval(items: list[Item], settings: EvalSettings,
+                   instruction: str | None = None) -> tuple[list[Item], dict[str, Any]]:
+    """(the items with the passages retrieved for their last user message, how retrieval went).
+
+    The passages come from `RagContext.augmented`, as in `chat --rag`. Never the item itself: the
+    leakage check (`rag.leakage.Exclude`) drops candidates whose document id is the item's own (when
+    the item's data has an id column; a bare position would match unrelated records) or whose text
+    near-duplicates the item's question (without the math instruction, which would dilute the
+    overlap) or its reference solution (one of at least REFERENCE_MIN_CHARS: a short one, "#### 7" or
+    "还剩9页", is a phrase many solutions share, not the item). Each item's meta records its sources
+    and what was dropped."""
+    import time
+
+    from ..data.prompts import without_instruction
+    from ..rag.context import RagContext
+    from ..rag.leakage import THRESHOLD, Exclude
+
+    rag = RagContext(settings.rag, k=settings.rag_k, mode=settings.rag_mode, placement=settings.rag_placement,
+                     encoder=settings.rag_encoder)
+    t0 = time.perf_counter()
+    out, reasons, affected, passages = [], {}, 0, 0
+    try:
+        for it in items:
+            own_id = it.meta.get("unique_id") or it.meta.get("id")
+            reference = it.reference if it.reference and len(it.reference) >= REFERENCE_MIN_CHARS else ""
+            texts = [without_instruction(it.messages[-1]["content"], instruction), reference]
+            messages, found = rag.augmented(it.messages, Exclude(ids={own_id} if own_id else set(), texts=texts))
+            for _, why in found.excluded:
+                kind = why.split()[0]  # "id" or "near-duplicate"
+                reasons[kind] = reasons.get(kind, 0) + 1
+            affected += bool(found.excluded)
+            passages += len(found.hits)
+            meta = {**it.meta, "retrieved": "; ".join(h.citation for h in found.hits),
+                    "leaks_excluded": "; ".join(f"{d} ({why})" for d, why in found.excluded)}
+            out.append(dataclasses.replace(it, messages=messages, meta=meta))
+        info = {**rag.describe(), "query": "the item's last user message (as chat --rag)",
+                "leakage_check": f"document id, or character 5-gram overlap >= {THRESHOLD} with the question or "
+                                 f"the reference solution (if at least {REFERENCE_MIN_CHARS} characters)",
+                "excluded": sum(reasons.values()), "excluded_by_reason": reasons, "items_with_excluded": affected,
+                "passages": passages, "seconds": round(time.perf_counter() - t0, 2)}
+    finally:
+        rag.close()
+    print(f"[tunelab] retrieval: {passages} passages for {len(items)} items from {settings.rag}; "
+          f"{info['excluded']} candidates excluded as the items themselves ({affected} items)", flush=True)
+    return out, info
 
 
 def _stop_strings(task: Task, items: list[Item]) -> list[str]:

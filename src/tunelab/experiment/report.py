@@ -233,7 +233,9 @@ def prompting_table(evals: dict[str, dict[str, Any]]) -> tuple[list[str], list[l
             if r is None or r.get("task") in ("perplexity", "efficiency"):
                 row.append("-")
             else:
-                row.append(f"{r.get('n_shot') or 0}-shot, {r.get('prompt_mode') or 'chat'}")  # older results: chat
+                rag = r.get("retrieval")  # label+rag: the passages retrieved from an index (eval --rag)
+                row.append(f"{r.get('n_shot') or 0}-shot, {r.get('prompt_mode') or 'chat'}"  # older results: chat
+                           + (f", {rag['k']} passages retrieved ({rag['mode']}) from {rag['index']}" if rag else ""))
         rows.append(row)
     return ["model"] + tasks, rows
 

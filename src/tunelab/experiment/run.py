@@ -19,6 +19,9 @@ A variant that fails is recorded in `runs/<variant>/error.txt` and reported as f
 
 The task name `heldout` means: roll out on the validation split of the experiment's own training
 data (the same split `prepare` makes), e.g. the 100 held-out MATH-500 problems.
+
+With `evaluation.retrieval` every model is evaluated twice, without and with the index's passages
+(`eval/<label>/` and `eval/<label>+rag/`), in the same process, on the same items.
 """
 from __future__ import annotations
 
@@ -88,19 +91,24 @@ def variant_action(exp: Experiment, name: str) -> tuple[str, str]:
 
 
 def stale_evals(exp: Experiment, label: str) -> list[str]:
-    """Evaluations of `label` whose task or settings changed since they ran (cheap: no model loaded)."""
-    import dataclasses
+    """Evaluations of `label` (and `label+rag`) whose task or settings changed since they ran (cheap:
+    no model loaded)."""
+    from ..evaluate.run import differences, fingerprint_settings
 
-    from ..evaluate.run import NOT_IN_FINGERPRINT, differences
-
-    now = {k: v for k, v in dataclasses.asdict(exp.evaluation.settings_for(label)).items() if k not in NOT_IN_FINGERPRINT}
-    now = json.loads(json.dumps(now, default=str))
     out = []
-    for task in exp.evaluation.tasks:
-        fp = rundir.read_fingerprint(exp.output / "eval" / label / task)
-        if fp is not None and fp.get("settings") != now:
-            out.append(f"eval of {label} on {task}: {differences(fp.get('settings') or {}, now)}")
+    for name, settings, tasks in exp.evaluation.evaluations(label):
+        now = json.loads(json.dumps(fingerprint_settings(settings), default=str))
+        for task in tasks:
+            fp = rundir.read_fingerprint(exp.output / "eval" / name / task)
+            if fp is not None and fp.get("settings") != now:
+                out.append(f"eval of {name} on {task}: {differences(fp.get('settings') or {}, now)}")
     return out
+
+
+def _unfinished(exp: Experiment, label: str, overwrite: bool = False) -> list[tuple[str, Any, str]]:
+    """(output label, settings, task) of the evaluations of `label` without results yet (all with overwrite)."""
+    return [(name, settings, t) for name, settings, tasks in exp.evaluation.evaluations(label) for t in tasks
+            if overwrite or not (exp.output / "eval" / name / t / "results.json").is_file()]
 
 
 def plan(exp: Experiment, names: list[str], rerun: list[str]) -> dict[str, str]:
@@ -131,16 +139,15 @@ def plan(exp: Experiment, names: list[str], rerun: list[str]) -> dict[str, str]:
 def _evaluate_label(exp: Experiment, label: str, model_ref: str, overwrite: bool) -> None:
     from ..evaluate.run import evaluate, load
 
-    settings = exp.evaluation.settings_for(label)  # common settings + this model's own (n-shot, ...)
-    todo = [t for t in exp.evaluation.tasks
-            if overwrite or not (exp.output / "eval" / label / t / "results.json").is_file()]
+    # common settings + this model's own (n-shot, ...); then the same with retrieval, as label+rag
+    todo = _unfinished(exp, label, overwrite)
     if not todo:
         return  # finished earlier (an interrupted eval has no results.json yet and continues below)
-    loaded = load(model_ref, settings)
-    for task_name in todo:
+    loaded = load(model_ref, todo[0][1])  # the model loads alike for all (template, thinking, backend)
+    for name, settings, task_name in todo:
         task, items = _task_items(exp, task_name)
-        print(f"[tunelab] eval {label} on {task_name}", flush=True)
-        evaluate(loaded, task, out=exp.output / "eval" / label / task_name, settings=settings, items=items,
+        print(f"[tunelab] eval {name} on {task_name}", flush=True)
+        evaluate(loaded, task, out=exp.output / "eval" / name / task_name, settings=settings, items=items,
                  overwrite=overwrite)
 
 
@@ -208,9 +215,7 @@ def run(exp: Experiment, *, only: list[str] | None = None, rerun: list[str] = ()
 
     if marker_kind(exp.output) is None:
         mark(exp.output, "experiment")
-    todo = [label for label, action in actions.items()
-            if action != "done" or any(not (exp.output / "eval" / label / t / "results.json").is_file()
-                                       for t in exp.evaluation.tasks)]
+    todo = [label for label, action in actions.items() if action != "done" or _unfinished(exp, label)]
     status = {label: "done earlier" for label, action in actions.items() if label not in todo and label != BASE}
     slots = [d.strip() for d in devices.split(",")] if devices else [None]
     running: dict[Any, tuple[str, subprocess.Popen]] = {}

@@ -21,11 +21,23 @@ in their chat template:
 
 The report's "How each model was asked" table says which each model got.
 
+With and without retrieval: `evaluation.retrieval` evaluates every model (base and variants) a second
+time on the rollout tasks with the passages of an index (`tunelab rag index`; the path is relative to
+the working directory, like `output`) in its chat prompt, exactly as `tunelab eval --rag` does. Those
+results go to `eval/<label>+rag/`, so the report shows `lora` and `lora+rag` side by side. The
+retrieved passages are the worked examples, so these evaluations are zero-shot in the chat template
+whatever `n_shot` says; multiple-choice, perplexity and efficiency tasks are not repeated.
+
+    evaluation:
+      tasks: [gsm8k]
+      retrieval: {index: runs/kb/gsm8k_train, k: 3, mode: bm25, placement: system}   # k, mode, ... optional
+
 Every variant's overrides are checked against the config schema before anything runs: a key that
 is not a config key is an error naming the key and the variant.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +48,61 @@ from .. import config as C
 from ..evaluate.run import EvalSettings
 
 
+RAG_SUFFIX = "+rag"  # eval/<label>+rag/: the same model evaluated with retrieval
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """`evaluation.retrieval`: every model is also evaluated with passages from `index` (see the docstring)."""
+
+    index: str
+    k: int = 3
+    mode: str | None = None  # bm25 | dense | hybrid; None: hybrid when the index has an encoder, else bm25
+    placement: str = "system"  # system | before_question
+    encoder: str | None = None  # refuse the index unless it was built with this encoder
+
+    def settings(self, common: EvalSettings) -> EvalSettings:
+        return dataclasses.replace(common, n_shot=0, chat_template=None, rag=self.index, rag_k=self.k,
+                                   rag_mode=self.mode, rag_placement=self.placement, rag_encoder=self.encoder)
+
+
+def retrieval_spec(data: Any, where: str) -> Retrieval:
+    """`evaluation.retrieval` checked at load: keys, types, values, and the index itself (no model loads)."""
+    from ..rag.augment import MODES as PLACEMENTS
+
+    key = f"{where}: evaluation.retrieval"
+    if not isinstance(data, dict):
+        raise C.ConfigError(f"{key} must be a mapping with 'index' (a `tunelab rag index` folder), got {data!r}")
+    known = [f.name for f in dataclasses.fields(Retrieval)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise C.ConfigError(f"{key}: unknown key(s) {unknown}; known: {', '.join(known)}")
+    if not isinstance(data.get("index"), str) or not data["index"]:
+        raise C.ConfigError(f"{key}.index must be the path of a `tunelab rag index` folder, got {data.get('index')!r}")
+    checks = {"k": (isinstance(data.get("k", 3), int) and not isinstance(data.get("k"), bool)
+                    and data.get("k", 3) >= 1, "a whole number >= 1"),
+              "mode": (data.get("mode") in (None, "bm25", "dense", "hybrid"), "bm25, dense or hybrid"),
+              "placement": (data.get("placement", "system") in PLACEMENTS, " or ".join(PLACEMENTS)),
+              "encoder": (data.get("encoder") is None or isinstance(data["encoder"], str), "an encoder name or path")}
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise C.ConfigError(f"{key}.{name} must be {expected}, got {data[name]!r}")
+    spec = Retrieval(**data)
+    _check_index(spec.settings(EvalSettings()), key)
+    return spec
+
+
+def _check_index(settings: EvalSettings, key: str) -> None:
+    """The index exists, was built with the encoder asked for and can run the mode: else one ConfigError."""
+    from ..errors import UserError
+    from ..evaluate.run import check_retrieval
+
+    try:
+        check_retrieval(settings)
+    except UserError as e:
+        raise C.ConfigError(f"{key}: {e}") from None
+
+
 @dataclass
 class EvalSpec:
     tasks: list[str] = field(default_factory=list)
@@ -43,12 +110,23 @@ class EvalSpec:
     # how every model is evaluated: limit, max_new_tokens, batch_size, temperature, n, seed, n_shot, ...
     settings: EvalSettings = field(default_factory=EvalSettings)
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)  # label (base | variant) -> overrides
+    retrieval: Retrieval | None = None  # also evaluate every model with retrieval, as <label>+rag
 
     def settings_for(self, label: str) -> EvalSettings:
         """The settings one model label is evaluated with: the common ones plus its own overrides."""
-        import dataclasses
-
         return dataclasses.replace(self.settings, **self.per_model.get(label, {}))
+
+    def evaluations(self, label: str) -> list[tuple[str, EvalSettings, list[str]]]:
+        """(output label, settings, tasks) of every evaluation of one model: as configured, then, with
+        `retrieval`, `<label>+rag` on the rollout tasks."""
+        own = self.settings_for(label)
+        out = [(label, own, self.tasks)]
+        if self.retrieval is not None:
+            from ..evaluate.tasks import get_task
+
+            rollouts = [t for t in self.tasks if t == "heldout" or get_task(t).kind == "generate"]
+            out.append((label + RAG_SUFFIX, self.retrieval.settings(own), rollouts))
+        return out
 
 
 def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
@@ -58,6 +136,7 @@ def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
     data = dict(data)
     tasks = data.pop("tasks", []) or []
     base_model = data.pop("base_model", True)
+    retrieval = retrieval_spec(data.pop("retrieval"), where) if "retrieval" in data else None
     per_model = data.pop("models", None) or {}
     if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
         raise C.ConfigError(f"{where}: evaluation.models must map a model label (base or a variant) to settings")
@@ -75,7 +154,15 @@ def eval_spec(data: dict[str, Any], where: str) -> EvalSpec:
             EvalSettings.from_dict({**data, **over}, where=f"{where}: evaluation.models.{label}")
     except TypeError as e:
         raise C.ConfigError(f"{where}: evaluation: {e}") from None
-    return EvalSpec(tasks=tasks, base_model=bool(base_model), settings=settings, per_model=per_model)
+    if retrieval is not None:
+        rag_keys = sorted(k for over in [data, *per_model.values()] for k in over if k.startswith("rag"))
+        if rag_keys:
+            raise C.ConfigError(f"{where}: evaluation: {rag_keys} and evaluation.retrieval both set; retrieval "
+                                "already evaluates every model with and without the index")
+    elif settings.rag:
+        _check_index(settings, f"{where}: evaluation.rag")
+    return EvalSpec(tasks=tasks, base_model=bool(base_model), settings=settings, per_model=per_model,
+                    retrieval=retrieval)
 
 
 @dataclass

@@ -7,8 +7,11 @@
 The query is the last user message. The passages go into the conversation through `augment.augment`
 (a system message, or in front of the question), so chat, serve and eval render the same text for
 the same question and index. `exclude` drops the test item itself (by id and near-duplicate text)
-when evaluating. A store is an SQLite connection, which belongs to the thread that opened it: every
-retrieval runs on one thread of this object's own, so a server's worker threads can share it.
+when evaluating; `augmented` also returns what the leakage check dropped. `encoder` (--rag-encoder)
+names the encoder the index must have been built with: another one is refused, as `rag query
+--encoder` does. `check` validates an index without loading any model (before a command starts its
+work). A store is an SQLite connection, which belongs to the thread that opened it: every retrieval
+runs on one thread of this object's own, so a server's worker threads can share it.
 """
 from __future__ import annotations
 
@@ -20,37 +23,52 @@ from .augment import augment
 
 
 class RagContext:
-    def __init__(self, index: str, *, k: int = 3, mode: str | None = None, placement: str = "system"):
-        from ..errors import UserError
-
-        if placement not in PLACEMENTS:
-            raise UserError(f"--rag-placement '{placement}' is not one of {', '.join(PLACEMENTS)}")
-        if k < 1:
-            raise UserError(f"--rag-k must be at least 1, got {k}")
+    def __init__(self, index: str, *, k: int = 3, mode: str | None = None, placement: str = "system",
+                 encoder: str | None = None):
+        check_settings(k, placement)
         self.index, self.k, self.placement = index, k, placement
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-rag")
-        self._retriever = self._pool.submit(self._open).result()  # a missing index fails here, at start
-        self.mode = mode or self._pool.submit(lambda: self._retriever.default_mode).result()  # reads the store
+        self._retriever = self._pool.submit(self._open, encoder).result()  # a missing index fails here, at start
+        self.mode = self._pool.submit(self._retriever.check_mode, mode).result()  # reads the store
+        self._info = self._pool.submit(self._read_info).result()
         self._pool.submit(self._retriever.search, "warm up", 1, mode=self.mode).result()  # loads the encoder now
 
-    def _open(self) -> Any:
+    def _open(self, encoder: str | None) -> Any:
         from .retrieve import Retriever
 
-        return Retriever(self.index)
+        return Retriever(self.index, encoder=encoder)
+
+    def _read_info(self) -> dict[str, Any]:
+        store = self._retriever.store
+        return {"encoder": store.encoder[0] if store.encoder else None, "chunks": store.count(),
+                "generation": store.generation}
+
+    def search(self, query: str, exclude: Any = None) -> Any:
+        """The `retrieve.Results` for one query: the hits and what the leakage check dropped."""
+        return self._pool.submit(self._retriever.search_many, [query], self.k, mode=self.mode,
+                                 excludes=[exclude]).result()[0]
 
     def hits(self, query: str, exclude: Any = None) -> list[Any]:
-        return self._pool.submit(self._retriever.search, query, self.k, mode=self.mode, exclude=exclude).result()
+        return self.search(query, exclude).hits
+
+    def augmented(self, messages: list[dict[str, str]], exclude: Any = None) -> tuple[list[dict[str, str]], Any]:
+        """(messages with the passages retrieved for the last user message, the `retrieve.Results`)."""
+        from .retrieve import Results
+
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            return [dict(m) for m in messages], Results([], [])
+        found = self.search(users[-1]["content"], exclude)
+        return augment(messages, found.hits, mode=self.placement), found
 
     def apply(self, messages: list[dict[str, str]], exclude: Any = None) -> tuple[list[dict[str, str]], list[Any]]:
         """(messages with the passages retrieved for the last user message, the hits)."""
-        users = [m for m in messages if m["role"] == "user"]
-        if not users:
-            return [dict(m) for m in messages], []
-        hits = self.hits(users[-1]["content"], exclude)
-        return augment(messages, hits, mode=self.placement), hits
+        messages, found = self.augmented(messages, exclude)
+        return messages, found.hits
 
     def describe(self) -> dict[str, Any]:
-        return {"index": self.index, "k": self.k, "mode": self.mode, "placement": self.placement}
+        """How retrieval is set up: the index (its encoder, chunks and generation), k, mode, placement."""
+        return {"index": self.index, "k": self.k, "mode": self.mode, "placement": self.placement, **self._info}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -62,6 +80,29 @@ def sources(hits: list[Any]) -> list[dict[str, Any]]:
             for n, h in enumerate(hits, 1)]
 
 
+def check_settings(k: int, placement: str) -> None:
+    from ..errors import UserError
+
+    if placement not in PLACEMENTS:
+        raise UserError(f"--rag-placement '{placement}' is not one of {', '.join(PLACEMENTS)}")
+    if k < 1:
+        raise UserError(f"--rag-k must be at least 1, got {k}")
+
+
+def check(index: str, *, k: int = 3, mode: str | None = None, placement: str = "system",
+          encoder: str | None = None) -> None:
+    """Refuse, with one UserError and no model loaded, what RagContext would refuse: a missing or
+    unreadable index, one built with another encoder than `encoder`, a mode it cannot run, bad k or placement."""
+    from .retrieve import Retriever
+
+    check_settings(k, placement)
+    retriever = Retriever(index, encoder=encoder)
+    try:
+        retriever.check_mode(mode)
+    finally:
+        retriever.close()
+
+
 def add_arguments(p: Any) -> None:
     """--rag, --rag-k, --rag-mode, --rag-placement on a command's parser (chat, serve, eval)."""
     p.add_argument("--rag", metavar="INDEX", help="retrieve passages from this index (`tunelab rag index`) for "
@@ -71,10 +112,13 @@ def add_arguments(p: Any) -> None:
                    help="retrieval method (default: hybrid when the index has an encoder, else bm25)")
     p.add_argument("--rag-placement", default="system", choices=list(PLACEMENTS),
                    help="the passages as a system message (default) or before the question")
+    p.add_argument("--rag-encoder", metavar="ENCODER",
+                   help="refuse the index unless it was built with this encoder (a name, folder or hub id)")
 
 
 def from_args(args: Any) -> RagContext | None:
     index = getattr(args, "rag", None)
     if not index:
         return None
-    return RagContext(index, k=args.rag_k, mode=args.rag_mode, placement=args.rag_placement)
+    return RagContext(index, k=args.rag_k, mode=args.rag_mode, placement=args.rag_placement,
+                      encoder=getattr(args, "rag_encoder", None))

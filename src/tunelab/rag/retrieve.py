@@ -77,8 +77,8 @@ class Retriever:
                                 f"`tunelab rag index SOURCES... --output {self.dir} --encoder {encoder}`")
             if name != info[0]:
                 raise UserError(f"{self.dir} was built with encoder {info[0]!r} ({info[1]}-dim vectors); a query "
-                                f"embedded by {name!r} cannot be compared with them. Omit --encoder to use the "
-                                f"index's own, or build a new index with --encoder {encoder}")
+                                f"embedded by {name!r} cannot be compared with them. Omit --encoder (--rag-encoder) to "
+                                f"use the index's own, or build a new index with --encoder {encoder}")
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -87,6 +87,17 @@ class Retriever:
     @property
     def default_mode(self) -> str:
         return "hybrid" if self.store.encoder else "bm25"
+
+    def check_mode(self, mode: str | None) -> str:
+        """The mode to search with (None: the index's default), or a UserError if this index cannot."""
+        mode = mode or self.default_mode
+        if mode not in MODES:
+            raise UserError(f"retrieval mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode not in self.modes:
+            raise UserError(f"{self.dir} has no dense vectors (built without --encoder), so mode {mode!r} cannot run; "
+                            f"use --mode bm25, or add an encoder with `tunelab rag index ... --output {self.dir} "
+                            f"--encoder minilm`")
+        return mode
 
     def encoder(self) -> Any:
         if self._encoder is None:
@@ -113,13 +124,7 @@ class Retriever:
                     excludes: list[Exclude | None] | None = None, rrf_k: int = RRF_K,
                     depth: int | None = None) -> list[Results]:
         """One `Results` per query; dense queries are embedded in one batch."""
-        mode = mode or self.default_mode
-        if mode not in MODES:
-            raise UserError(f"retrieval mode {mode!r} is not one of {', '.join(MODES)}")
-        if mode not in self.modes:
-            raise UserError(f"{self.dir} has no dense vectors (built without --encoder), so mode {mode!r} cannot run; "
-                            f"use --mode bm25, or add an encoder with `tunelab rag index ... --output {self.dir} "
-                            f"--encoder minilm`")
+        mode = self.check_mode(mode)
         if k < 1:
             raise UserError(f"k must be at least 1, got {k}")
         depth = depth or max(50, 2 * k)
