@@ -30,6 +30,11 @@ def test_from_scratch_with_a_custom_size_a_tokenizer_and_a_mixture(tmp_path):
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_key_value_heads, c.max_position_embeddings) == (2, 48, 2, 256)
     assert c.vocab_size == 49152  # SmolLM2's tokenizer, not Qwen3's 151,936 rows
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the tokenizer's, none of Qwen3's 151k ids
+        assert getattr(c, attr) == getattr(tok, attr) == getattr(model.generation_config, attr), attr
     assert summary["total_params"] == sum(p.numel() for p in model.parameters())
     assert summary["flops_per_token"] == 6 * summary["total_params"] + 12 * 2 * 48 * 64
     sources = summary["data_sources"]

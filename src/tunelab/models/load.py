@@ -231,10 +231,14 @@ def fit_vocabulary(model: Any, tokenizer: Any, *, from_scratch: bool, own_tokeni
     if from_scratch and (not own_tokenizer or need > rows):
         model.resize_token_embeddings(need, pad_to_multiple_of=64)
         model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+        # the special ids are the new tokenizer's, None where it has none: the named model's ids (Qwen3's
+        # bos 151643) point outside an 8k vocabulary, and generate() reads them from generation_config
+        gen = getattr(model, "generation_config", None)
         for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
             value = getattr(tokenizer, attr, None)
-            if value is not None:
-                setattr(model.config, attr, value)
+            setattr(model.config, attr, value)
+            if gen is not None:
+                setattr(gen, attr, value)
         return
     if need > rows:
         raise ConfigError(f"the tokenizer has {need:,} tokens but the model's embedding only {rows:,} rows: token ids "
