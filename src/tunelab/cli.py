@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
                    help="rollouts with transformers (default) or vLLM (CUDA, `pip install vllm`)")
+    p.add_argument("--device", help="where the model runs (cuda, cuda:1, cpu); default the GPU when there is one")
     p.add_argument("--template", help="override the chat template (warns if it differs from the trained one)")
     p.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--export-review", help="CSV with prompts, answers, gold and empty human-score columns")

@@ -236,3 +236,20 @@ def test_eval_output_of_another_model_is_not_continued(tmp_path, capsys):
     assert res["model"] == "smollm2-135m-instruct"
     assert all("smollm2" not in l or True for l in (out / "predictions.jsonl").read_text().splitlines())
     assert (out / "predictions.jsonl").read_text() != before
+
+
+def test_evaluation_runs_where_device_says(tunelab_home, monkeypatch):
+    """eval --device puts the model there; without it the GPU when there is one (it used to stay on the CPU)."""
+    from tunelab.cli import build_parser
+    from tunelab.evaluate.command import settings_from_args
+    from tunelab.evaluate.run import fingerprint_settings, load
+    from tunelab.models import loaded as L
+
+    args = build_parser().parse_args(["eval", "--model", "tiny-qwen3", "--task", "arith_en", "--device", "meta"])
+    settings = settings_from_args(args)
+    assert settings.device == "meta" and "device" not in fingerprint_settings(settings)  # same results anywhere
+    assert next(load("tiny-qwen3", settings).model.parameters()).device.type == "meta"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert L.pick_device(None) == "cuda" and L.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert L.pick_device(None) is None

@@ -30,7 +30,7 @@ def settings_from_args(args: Any) -> Any:
 
     extra = {k: getattr(args, k) for k in ("n_shot", "fewshot_as_multiturn", "fewshot_data", "fewshot_seed",
                                            "chat_template", "split", "seeds", "rag", "rag_k", "rag_mode", "rag_placement",
-                                           "rag_encoder") if getattr(args, k, None) is not None}
+                                           "rag_encoder", "device") if getattr(args, k, None) is not None}
     return EvalSettings(limit=args.limit, data=args.data, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_p=args.top_p, n=args.n, seed=args.seed,
                         batch_size=args.batch_size, backend=args.backend, template=args.template,

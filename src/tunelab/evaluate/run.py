@@ -61,6 +61,7 @@ class EvalSettings:
     rag_mode: str | None = None  # bm25 | dense | hybrid (None: hybrid with an encoder, else bm25)
     rag_placement: str = "system"  # a system message, or before_question
     rag_encoder: str | None = None  # refuse an index built with another encoder
+    device: str | None = None  # None: the GPU when there is one, else the CPU (as chat and serve)
 
     def __post_init__(self) -> None:
         checks = [("limit", self.limit is None or self.limit >= 1, "at least 1"),
@@ -144,10 +145,10 @@ def check_retrieval(settings: EvalSettings) -> None:
 
 def load(ref: str, settings: EvalSettings) -> Any:
     """The model as evaluation uses it (vLLM loads the weights itself)."""
-    from ..models.loaded import Loaded
+    from ..models.loaded import Loaded, pick_device
 
     loaded = Loaded(ref, template=settings.template, enable_thinking=settings.enable_thinking,
-                    load_weights=settings.backend != "vllm")
+                    load_weights=settings.backend != "vllm", device=pick_device(settings.device))
     if settings.backend == "vllm":
         from .vllm_backend import engine_args
 
@@ -191,7 +192,7 @@ def _shots(task: Task, settings: EvalSettings, questions: set[str], k: int) -> l
 
 
 # settings that do not change what is generated (tested: batched greedy == one by one)
-NOT_IN_FINGERPRINT = ("batch_size",)
+NOT_IN_FINGERPRINT = ("batch_size", "device")
 
 
 def fingerprint_settings(settings: EvalSettings) -> dict[str, Any]:

@@ -20,6 +20,16 @@ from typing import Any
 from .. import rundir
 
 
+def pick_device(name: str | None) -> str | None:
+    """`--device` of chat, serve, eval and the board: as given, else the GPU when there is one (None keeps
+    the model on the CPU, where it loaded)."""
+    if name:
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
 class Loaded:
     def __init__(self, ref: str, *, template: str | None = None, enable_thinking: bool | None = None,
                  device: str | None = None, dtype: str = "auto", load_weights: bool = True):

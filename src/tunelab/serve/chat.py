@@ -199,7 +199,8 @@ def run_terminal(session: ChatSession, banner: str) -> int:
 
 def chat_command(args: Any) -> int:
     from ..models.loaded import Loaded
-    from .engine import Engine, Sampling, pick_device, seed_problem
+    from ..models.loaded import pick_device
+    from .engine import Engine, Sampling, seed_problem
 
     if args.max_new_tokens < 1:
         raise ServeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")

@@ -123,15 +123,6 @@ def seed_problem(seed: int | None) -> str | None:
     return f"must be an integer from {SEED_MIN} to {SEED_MAX} (a signed 64-bit integer), got {seed}"
 
 
-def pick_device(name: str | None) -> str | None:
-    """`--device`: as given, else the GPU when there is one (None keeps the model where it loaded)."""
-    if name:
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
-
-
 _END = object()
 
 

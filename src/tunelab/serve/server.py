@@ -435,7 +435,8 @@ def serve_command(args: Any) -> int:
         import uvicorn
 
         from ..models.loaded import Loaded
-        from .engine import Engine, pick_device
+        from ..models.loaded import pick_device
+        from .engine import Engine
 
         loaded = Loaded(args.model, device=pick_device(args.device))  # an unknown model fails here, before serving
         context = loaded.context

@@ -42,7 +42,8 @@ class ModelPool:
                 if ref in self._models:
                     return self._models[ref]
             from ..models.loaded import Loaded
-            from ..serve.engine import Engine, pick_device
+            from ..models.loaded import pick_device
+            from ..serve.engine import Engine
 
             loaded = Loaded(ref, device=pick_device(None))
             engine = Engine.for_loaded(loaded)
