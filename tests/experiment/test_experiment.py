@@ -273,3 +273,14 @@ def test_retrieval_and_rag_settings_together_are_refused(tmp_path):
     path = write_exp(tmp_path, {"lora": {}}, {"tasks": ["arith_en"], "rag_k": 2, "retrieval": {"index": index}})
     with pytest.raises(C.ConfigError, match=r"evaluation: \['rag_k'\] and evaluation.retrieval both set"):
         S.load(path)
+
+
+def test_report_config_differences_stay_on_one_line():
+    """A long value (a data mixture) is one cell: a newline would end the markdown table's row."""
+    from tunelab.experiment.report import config_differences
+
+    mix = [{"name": f"source_{i}", "weight": 1.0, "format": "text", "columns": {"text": "answer"}} for i in range(4)]
+    runs = {"a": {"config": {"data": {"mix": mix}}}, "b": {"config": {"data": {"mix": []}}}}
+    cols, rows = config_differences(runs)
+    assert cols == ["variant", "data.mix"]
+    assert "\n" not in rows[0][1] and len(rows[0][1]) > 200 and "source_3" in rows[0][1]

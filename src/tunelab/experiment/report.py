@@ -58,7 +58,8 @@ def config_differences(runs: dict[str, dict[str, Any]]) -> tuple[list[str], list
     flat = {name: rundir.flatten(r["config"]) for name, r in runs.items() if r["config"]}
     keys = sorted({k for f in flat.values() for k in f if not k.startswith(rundir.NOT_IDENTITY)})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
-    rows = [[name] + [yaml.safe_dump(f.get(k), default_flow_style=True).strip().removesuffix("...").strip()
+    # one line per cell (yaml wraps long values at 80 columns, and a newline ends a markdown table row)
+    rows = [[name] + [yaml.safe_dump(f.get(k), default_flow_style=True, width=10**9).strip().removesuffix("...").strip()
                       for k in varying] for name, f in flat.items()]
     return ["variant"] + varying, rows
 
