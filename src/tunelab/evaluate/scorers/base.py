@@ -45,6 +45,14 @@ def _has_final_answer(row: dict[str, Any]) -> bool:
     return row.get("extracted") is not None and row.get("extractor") != "last_number"
 
 
+def accuracy_cells(result: dict[str, Any], base: dict[str, Any] | None, key: str) -> list[str]:
+    """The report's first two cells for an accuracy `key`: "12.5 [5.5, 26.1] (n=40)" and the difference
+    to the base model in points ("-" for the base itself)."""
+    lo, hi = result["ci95"]
+    diff = "-" if base is None or base is result else f"{100 * (result[key] - base[key]):+.1f}"
+    return [f"{100 * result[key]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})", diff]
+
+
 def _pct_ci(r: dict[str, Any]) -> str:
     lo, hi = r["ci95"]
     return f"{r['accuracy']:.1%} [{lo:.1%}, {hi:.1%}]"
@@ -93,10 +101,8 @@ class AccuracyScorer(Scorer):
     def report_cells(self, result: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
         if result is None:
             return ["-", "-", "-"]
-        lo, hi = result["ci95"]
-        diff = "-" if base is None or base is result else f"{100 * (result['accuracy'] - base['accuracy']):+.1f}"
         stated = f"{100 * result['parseable_rate']:.0f}%" if "parseable_rate" in result else "-"
-        return [f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})", diff, stated]
+        return [*accuracy_cells(result, base, "accuracy"), stated]
 
     def headline(self, result: dict[str, Any]) -> float | None:
         return result.get("accuracy")

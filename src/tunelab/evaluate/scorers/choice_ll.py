@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..scores import accuracy_summary
-from .base import Scorer
+from .base import Scorer, accuracy_cells
 
 
 def argmax(values: list[float]) -> int:
@@ -72,10 +72,7 @@ class ChoiceLLScorer(Scorer):
     def report_cells(self, result: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
         if result is None:
             return ["-", "-", "-"]
-        lo, hi = result["ci95"]
-        diff = "-" if base is None or base is result else f"{100 * (result['acc'] - base['acc']):+.1f}"
-        return [f"{100 * result['acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n={result['n']})", diff,
-                f"{100 * result['acc_norm']:.1f}"]
+        return [*accuracy_cells(result, base, "acc"), f"{100 * result['acc_norm']:.1f}"]
 
     def headline(self, result: dict[str, Any]) -> float | None:
         return result.get("acc")
