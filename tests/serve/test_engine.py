@@ -179,3 +179,20 @@ def test_stats_count_tokens_and_skip_jobs_whose_caller_left(rq):
     assert now["finished"] - before["finished"] == 1 and now["skipped"] - before["skipped"] == 1
     assert now["generated_tokens"] - before["generated_tokens"] == 3
     assert (now["running"], now["queued"]) == (0, 0)
+
+
+def test_a_stream_never_read_is_queued_and_skipped_once_its_caller_leaves(rq):
+    """The CI failure: a streaming client left after its first chunk, before the server's thread asked
+    the stream for a token; the job was queued only at the first `next`, so it was never queued and the
+    worker's counts depended on that race. Now `stream()` queues at once and a job whose caller left is
+    skipped, counted."""
+    loaded, engine, _ = rq
+    p = loaded.renderer.render_prompt([{"role": "user", "content": "hi"}])
+    before = engine.stats()
+    gone = threading.Event()
+    events = engine.stream(p, Sampling(max_new_tokens=3), gone)  # queued here, never read
+    gone.set()
+    del events
+    assert engine.complete(p, Sampling(max_new_tokens=3)).completion_tokens == 3  # runs after the skipped one
+    now = engine.stats()
+    assert now["skipped"] - before["skipped"] == 1 and now["finished"] - before["finished"] == 1

@@ -226,9 +226,16 @@ class Engine:
         """Queue one generation and yield its text deltas; the last event carries the totals.
 
         Leaving the loop early, closing the iterator or setting `cancel` (from another thread, e.g. when
-        an HTTP client disconnects) stops the generation at its next decoding step."""
+        an HTTP client disconnects) stops the generation at its next decoding step.
+
+        The job is queued by this call, not at the first `next`: its place in the queue is the caller's
+        arrival, and a caller that leaves before reading anything (a server whose client disconnected
+        before the first token was asked for) still has its job skipped by the worker, counted."""
         job = _Job(list(prompt), sampling, cancel=cancel or threading.Event())
         self._jobs.put(job)
+        return self._replies(job, prompt, sampling)
+
+    def _replies(self, job: _Job, prompt: list[int], sampling: Sampling) -> Iterator[Event]:
         reply = ReplyText(self.tokenizer, sampling.stop)
         tokens, finish = 0, "length"
         try:
