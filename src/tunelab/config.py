@@ -351,6 +351,11 @@ def check_values(cfg: "Config") -> None:
     if arch and not cfg.model.from_scratch:
         raise ConfigError(f"config keys {', '.join('model.arch.' + k for k in arch)} change the architecture, which "
                           "only a model built from scratch can have: set model.from_scratch: true")
+    if cfg.model.from_scratch and cfg.method.name == "qlora":
+        # a from-scratch model is built in fp32 with random weights: there is nothing pretrained to quantize,
+        # and the message training would give later ("needs a model loaded with 4-bit weights") misleads
+        raise ConfigError("config key 'method.name': qlora adapts a pretrained model quantized to 4 bits; a model "
+                          "built from scratch (model.from_scratch: true) has no pretrained weights: use full or lora")
     a = cfg.model.arch
     if a.heads and a.kv_heads and a.heads % a.kv_heads:
         raise ConfigError(f"config key 'model.arch.kv_heads': {a.kv_heads} must divide model.arch.heads ({a.heads})")

@@ -53,3 +53,11 @@ def test_arch_needs_from_scratch_and_consistent_heads():
         C.load(None, ["model.arch.layers=2"])
     with pytest.raises(C.ConfigError, match="'model.arch.kv_heads': 4 must divide model.arch.heads"):
         C.load(None, ["model.from_scratch=true", "model.arch.heads=6", "model.arch.kv_heads=4"])
+
+
+def test_qlora_of_a_from_scratch_model_is_refused_at_load_with_the_reason():
+    """Before: it loaded, built the model and failed in training with 'needs a model loaded with 4-bit
+    weights', which reads as if quantization had been forgotten."""
+    with pytest.raises(C.ConfigError, match="'method.name': qlora adapts a pretrained model .* use full or lora"):
+        C.load(None, ["model.from_scratch=true", "method.name=qlora"])
+    assert C.load(None, ["model.from_scratch=true", "method.name=lora"]).method.name == "lora"
