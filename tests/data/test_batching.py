@@ -84,3 +84,13 @@ def test_length_grouped_batches_reduce_padding():
     naive = sum(max(lengths[j:j + 8]) * len(lengths[j:j + 8]) for j in range(0, 400, 8))  # batches in data order
     assert padded < 0.7 * naive
     assert batches == length_grouped_batches(lengths, 8, seed=0)
+
+
+def test_the_widest_row_is_what_the_memory_estimate_is_made_for():
+    from tunelab.train.loop import StepPlan
+
+    kw = dict(max_length=256, batch_size=2, grad_accum=1, world_size=1, seed=0)
+    assert StepPlan([150, 100, 200, 60], packing=False, **kw).widest == 200  # the longest example
+    packed = StepPlan([150, 100, 200, 60], packing=True, **kw)
+    rows = [sum(packed.lengths[i] for i in u) for step in packed.epoch(0) for micro in step for u in micro]
+    assert packed.widest == max(rows) <= 256 and sorted(rows) != [60, 100, 150, 200]  # rows really packed

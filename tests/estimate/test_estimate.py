@@ -353,3 +353,24 @@ def test_summary_entry_records_estimate_measured_and_error():
     assert "estimate vs measured MB (error)" in RESOURCE_COLS
     assert _estimate_cell(entry) == f"{entry['estimate_mb']:,.0f} vs {entry['measured_mb']:,.0f} (+100.0%)"
     assert _estimate_cell(hidden).endswith("(measured: n/a)") and _estimate_cell(None) == "-"
+
+
+def test_a_cpu_throughput_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(monkeypatch, tmp_path):
+    """This machine's cache was written under a load of 3-6 per core and said 32 GFLOP/s where a quiet
+    measurement gives 212: every CPU step time was 7x too long, and nothing ever measured it again."""
+    from tunelab.estimate import devices as D
+
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path))
+    rates = {"float32": 30e9, "bfloat16": 90e9}
+    monkeypatch.setattr(D, "_measure", lambda device, dtype: rates[dtype])
+    monkeypatch.setattr(D, "cpu_load", lambda: 3.0)
+    busy = D.cpu_profile()
+    assert busy.fp32_flops == 30e9 and "measured at load 3.0 per core" in busy.name
+    rates.update(float32=210e9, bfloat16=80e9)
+    assert D.cpu_profile().fp32_flops == 30e9  # still busy: the cache is used, nothing measured again
+    monkeypatch.setattr(D, "cpu_load", lambda: 0.2)
+    quiet = D.cpu_profile()
+    assert (quiet.fp32_flops, quiet.bf16_flops) == (210e9, 90e9)  # the faster of the two, per dtype
+    assert "load" not in quiet.name
+    rates.update(float32=1e9)
+    assert D.cpu_profile().fp32_flops == 210e9  # a quiet measurement is kept: nothing measured again

@@ -48,7 +48,8 @@ def test_from_scratch_with_a_custom_size_a_tokenizer_and_a_mixture(tmp_path):
 
 def test_every_run_records_its_estimate_next_to_the_measured_peak(tmp_path, capsys):
     cfg = C.load(None, ["model.name=tiny-qwen3", "data.name=arith_en", "data.n=24", "data.val_size=4",
-                        "data.max_length=256", "data.dedup=exact", "method.lora_r=4", "training.max_steps=2",
+                        "data.max_length=256", "data.dedup=exact", "data.packing=false", "method.lora_r=4",
+                        "training.max_steps=2",
                         "training.batch_size=2", f"output.dir={tmp_path / 'run'}"])
     summary = train(cfg)
     assert "estimate before training" in capsys.readouterr().out  # printed before the model loads
@@ -59,3 +60,20 @@ def test_every_run_records_its_estimate_next_to_the_measured_peak(tmp_path, caps
         assert abs(e["error"] - (e["estimate_mb"] - e["measured_mb"]) / e["measured_mb"]) <= 1e-3  # rounding
         assert abs(e["error"]) < 0.5  # the bench measures the real error; this only catches a broken wiring
     assert set(e["components_mb"]) >= {"weights", "adapters", "optimizer", "activations", "logits"}
+
+    # made for the rows this run trains on, not for data.max_length: unpacked, the widest row is the longest
+    # training example (the quickstart study over-estimated its LoRA run by 23% at 256 tokens per row where
+    # its rows held at most 195)
+    from tunelab.data.prepare import prepare_from_config
+    from tunelab.estimate import estimate_from_config
+    from tunelab.models.load import load_tokenizer
+
+    lengths = [len(x) for x in prepare_from_config(cfg, load_tokenizer("tiny-qwen3")).load("train")["input_ids"]]
+    assert max(lengths) < 256
+    at = {n: round(estimate_from_config(cfg, device="cpu", supervised_fraction=summary_fraction(tmp_path),
+                                        seq_len=n).peak_mb, 1) for n in (max(lengths), 256)}
+    assert e["estimate_mb"] == at[max(lengths)] < at[256]
+
+
+def summary_fraction(tmp_path) -> float:
+    return json.loads((tmp_path / "run" / "data_stats.json").read_text())["supervised_fraction"]

@@ -36,9 +36,12 @@ def checkpoint_dtype(config: Any) -> str | None:
 
 
 def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: float | None = None,
-                         nproc: int = 1, strategy: str = "ddp", model_config: Any = None) -> Estimate:
+                         nproc: int = 1, strategy: str = "ddp", model_config: Any = None,
+                         seq_len: int | None = None) -> Estimate:
     """Estimate a `tunelab.config.Config`'s training step on `device` (a profile name, `cpu`, `cuda`
-    or a DeviceProfile). `model_config`: the transformers config, when the caller has it already."""
+    or a DeviceProfile). `model_config`: the transformers config, when the caller has it already.
+    `seq_len`: the widest micro-batch's row length when the data is known (a training run passes it);
+    else `data.max_length`, the most a row can hold."""
     m, t, d = cfg.method, cfg.training, cfg.data
     vocab = None
     if model_config is None:
@@ -54,7 +57,7 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
     load_dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     mapped = not cfg.model.from_scratch and stored == load_dtype
     return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size,
-                    seq_len=d.max_length, supervised_fraction=supervised_fraction,
+                    seq_len=seq_len or d.max_length, supervised_fraction=supervised_fraction,
                     grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
                     lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
                     quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,

@@ -57,6 +57,13 @@ class StepPlan:
     def steps_per_epoch(self) -> int:
         return len(self.epoch(0))
 
+    @property
+    def widest(self) -> int:
+        """The longest row of epoch 0 (a micro-batch is padded to its longest row): the sequence length
+        the memory estimate is made for. Below `max_length` when no example or packed row reaches it."""
+        return max((sum(self.lengths[i] for i in unit) for step in self.epoch(0) for micro in step
+                    for unit in micro), default=0)
+
 
 @dataclass
 class FitSettings:

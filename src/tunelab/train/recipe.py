@@ -117,14 +117,16 @@ def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: An
 
 
 def _estimate(cfg: C.Config, device: str, supervised_fraction: float | None, nproc: int, strategy: str,
-              show: bool) -> Any:
+              show: bool, seq_len: int | None = None) -> Any:
     """`tunelab estimate` for this run, or None when it cannot be made (an architecture the estimator
-    does not know is refused there; training must not fail for it)."""
+    does not know is refused there; training must not fail for it). `seq_len`: the data's widest row,
+    so the estimate checked against this run's peak is of the batches it really trains on."""
     from ..estimate import estimate_from_config
 
     try:
         est = estimate_from_config(cfg, device=device, supervised_fraction=supervised_fraction, nproc=nproc,
-                                   strategy=strategy if strategy in ("fsdp", "zero2", "zero3") else "ddp")
+                                   strategy=strategy if strategy in ("fsdp", "zero2", "zero3") else "ddp",
+                                   seq_len=seq_len)
     except UserError as e:
         if show:
             print(f"[tunelab] no memory estimate: {e}", flush=True)
@@ -220,7 +222,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     from ..memory import peak_memory_mb
 
     est = _estimate(cfg, device, prepared.stats.get("supervised_fraction"), accelerator.num_processes, strategy,
-                    show=main)
+                    show=main, seq_len=plan.widest or None)
     mem_base, (peak_before, _) = baseline_mb(accelerator.device), peak_memory_mb(accelerator.device)
 
     # 3. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
