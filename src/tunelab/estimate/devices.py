@@ -88,8 +88,11 @@ def _measure(device: str, dtype_name: str, n: int = 1024, repeat: int = 20, budg
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # a generator of its own: `tunelab train` estimates after seeding, and drawing from the global one
+    # changed the LoRA initialisation of the first run on a machine without a cached measurement
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     best, start = float("inf"), time.perf_counter()
     for i in range(repeat + 1):  # the first run warms up kernels and caches
         if device == "cuda":
