@@ -74,6 +74,17 @@ def test_every_run_records_its_estimate_next_to_the_measured_peak(tmp_path, caps
                                         seq_len=n).peak_mb, 1) for n in (max(lengths), 256)}
     assert e["estimate_mb"] == at[max(lengths)] < at[256]
 
+    # `tunelab estimate --data` prepares the same data and says the same before any training
+    import yaml
+
+    from tunelab.cli import main
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(C.to_dict(cfg)))
+    capsys.readouterr()
+    assert main(["estimate", str(tmp_path / "cfg.yaml"), "--data", "--device", "cpu", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert round(said["peak_bytes"] / 2**20, 1) == e["estimate_mb"] and said["inputs"]["seq_len"] == max(lengths)
+
 
 def summary_fraction(tmp_path) -> float:
     return json.loads((tmp_path / "run" / "data_stats.json").read_text())["supervised_fraction"]

@@ -57,6 +57,15 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
     return batches
 
 
+def widest_row(lengths: Sequence[int], *, packing: bool, max_length: int, seed: int = 0) -> int:
+    """The longest row of the first epoch (a micro-batch is padded to its longest row): with packing the
+    longest packed row (at most `max_length`), else the longest example. What the memory estimate of a
+    run is made for; below `max_length` whenever no example or packed row reaches it."""
+    if not packing:
+        return max(lengths, default=0)
+    return max((sum(lengths[i] for i in unit) for unit in pack_bins(lengths, max_length, seed=seed)), default=0)
+
+
 def step_plan(lengths: Sequence[int], *, packing: bool, max_length: int, batch_size: int, grad_accum: int = 1,
               world_size: int = 1, seed: int = 0, drop_last: bool = False) -> list[list[list[list[int]]]]:
     """One epoch as optimizer steps -> micro-batches -> units -> example indices.

@@ -3,6 +3,7 @@
     tunelab estimate configs/math500_qwen3_full_adamw.yaml --device H100
     tunelab estimate configs/quickstart.yaml training.batch_size=8 --device cpu --json
     tunelab estimate CONFIG --nproc 8 --strategy fsdp --device A100-80GB
+    tunelab estimate configs/quickstart.yaml --data    # for the data's widest row, as train estimates
 
 Prints the peak memory broken into components (MB and share), the moment of the step where the
 peak happens, whether it fits the device, and the predicted step time. `--json` prints the same as
@@ -33,6 +34,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "state; fsdp and zero3 also the weights")
     p.add_argument("--supervised-fraction", type=float, default=None,
                    help="share of tokens in the loss (default 1: the upper bound; `tunelab prepare` prints it)")
+    p.add_argument("--data", action="store_true",
+                   help="prepare the config's data (its tokenizer only, cached as by `tunelab prepare`) and "
+                        "estimate for its widest row and real supervised fraction: what `tunelab train` prints")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -50,14 +54,29 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = C.load(args.config, args.overrides)
     device = resolve_device(_default_device() if args.device == "auto" else args.device)
-    est = estimate_from_config(cfg, device=device, supervised_fraction=args.supervised_fraction,
-                               nproc=args.nproc, strategy=args.strategy)
+    seq_len, fraction = data_shape(cfg) if args.data else (None, None)
+    est = estimate_from_config(cfg, device=device, nproc=args.nproc, strategy=args.strategy, seq_len=seq_len,
+                               supervised_fraction=args.supervised_fraction if fraction is None else fraction)
     if args.json:
         print(json.dumps({**est.to_dict(), "device_memory_bytes": device.memory_bytes,
                           "fits": est.peak_bytes <= device.memory_bytes}, indent=2))
         return 0
     print_estimate(est, device_memory=device.memory_bytes, title=f"estimate: {Path(args.config).name}")
     return 0
+
+
+def data_shape(cfg: Any) -> tuple[int | None, float | None]:
+    """(widest row, supervised fraction) of the config's training data, as `tunelab train` computes them."""
+    from ..data.batching import widest_row
+    from ..data.prepare import prepare_from_config
+    from ..models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                               revision=cfg.model.revision)
+    prepared = prepare_from_config(cfg, tokenizer)
+    lengths = [len(x) for x in prepared.load("train")["input_ids"]]
+    widest = widest_row(lengths, packing=cfg.data.packing, max_length=cfg.data.max_length, seed=cfg.training.seed)
+    return widest or None, prepared.stats.get("supervised_fraction")
 
 
 def print_estimate(est: Any, *, device_memory: float | None = None, title: str = "tunelab estimate") -> None:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .. import rundir
-from ..data.batching import step_plan
+from ..data.batching import step_plan, widest_row
 from ..errors import TrainingDiverged
 from ..memory import peak_memory_mb
 from . import checkpoint as ckpt
@@ -59,10 +59,9 @@ class StepPlan:
 
     @property
     def widest(self) -> int:
-        """The longest row of epoch 0 (a micro-batch is padded to its longest row): the sequence length
-        the memory estimate is made for. Below `max_length` when no example or packed row reaches it."""
-        return max((sum(self.lengths[i] for i in unit) for step in self.epoch(0) for micro in step
-                    for unit in micro), default=0)
+        """The longest row of epoch 0: the sequence length the memory estimate is made for."""
+        return widest_row(self.lengths, packing=self.kwargs["packing"], max_length=self.kwargs["max_length"],
+                          seed=self.seed)
 
 
 @dataclass
