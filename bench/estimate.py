@@ -8,7 +8,7 @@
 What is measured. Each row is a real `tunelab.train.recipe.train(cfg)` in a fresh interpreter (peak RSS
 never goes down, so one run per process). The child records the process's resident memory just before
 the model is loaded (imports, tokenizer and the prepared data are in this baseline) and its peak
-resident memory at the end of the run (`ru_maxrss`): measured = peak - baseline, the number
+resident memory at the end of the run (VmHWM, `tunelab.memory`): measured = peak - baseline, the number
 `tunelab train` reports on CPU. The estimate is `tunelab.estimate.estimate_from_config(cfg,
 device="cpu")` with the prepared data's supervised fraction, computed in the parent before the run.
 
@@ -23,9 +23,7 @@ being edited); the estimate always comes from this checkout. Results: `--out/est
 from __future__ import annotations
 
 import json
-import os
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -107,12 +105,13 @@ def overrides(row: dict[str, Any], data: Path, out: Path) -> list[str]:
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    from tunelab.estimate.check import current_rss_mb
+
+    return current_rss_mb()
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    return harness.peak_rss_mb()
 
 
 def child(spec: dict[str, Any]) -> None:

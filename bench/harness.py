@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -65,9 +64,11 @@ def machine() -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    """This process's peak resident memory, measured as tunelab measures it (`tunelab.memory`: VmHWM on
+    Linux; `ru_maxrss` there would start at the parent's size, and benches run their cases in children)."""
+    from tunelab.memory import peak_memory_mb
+
+    return round(peak_memory_mb("cpu")[0], 1)
 
 
 def arg_parser(doc: str) -> argparse.ArgumentParser:

@@ -45,9 +45,18 @@ def marker_kind(directory: Path) -> str | None:
     path = Path(directory) / MARKER
     if not path.is_file():
         return None
+    text = ""
+    for _ in range(40):  # empty: another process is between the open and the write of `mark` (two
+        try:             # workers starting one sweep at once saw it and refused the other's output)
+            text = path.read_text()
+        except OSError:
+            return None
+        if text.strip():
+            break
+        time.sleep(0.025)
     try:
-        return str(json.loads(path.read_text()).get("kind"))
-    except (ValueError, OSError, AttributeError):
+        return str(json.loads(text).get("kind"))
+    except (ValueError, AttributeError):
         return None
 
 

@@ -426,3 +426,19 @@ def test_eval_objective_equals_tunelab_eval(tmp_path):
     prompts = [r["prompt"] for r in rows(run_dir / "eval" / "arith_en")]
     assert prompts == [r["prompt"] for r in rows(tmp_path / "ev")]
     assert all("Answer with a number." in p and "Be brief." in p for p in prompts)
+
+
+def test_a_marker_being_written_by_another_worker_is_waited_for(tmp_path):
+    """CI failure: two workers started one sweep at once; one saw the other's `.tunelab` marker between its
+    open and its write (empty), took the output for a user's directory and exited 2."""
+    import threading
+
+    from tunelab.paths import MARKER, mark, marker_kind
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / MARKER).write_text("")  # the other worker has opened the file, not yet written it
+    threading.Timer(0.2, mark, args=(out, "sweep")).start()
+    assert marker_kind(out) == "sweep"
+    (out / MARKER).write_text("")
+    assert marker_kind(out) is None  # an empty marker that stays empty is not tunelab's (after ~1 s)

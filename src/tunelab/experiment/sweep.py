@@ -244,11 +244,15 @@ def open_study(spec: dict[str, Any]) -> tuple[Any, Any]:
 
     quiet_optuna()
     out = Path(spec["output"])
+    # listed before the marker is read: a worker starting the same sweep writes its marker before any
+    # other file, so whatever the listing saw, the marker read after it is there too (read the other
+    # way round, a second worker saw no marker, then the first one's marker as a foreign file)
+    entries = any(out.iterdir()) if out.is_dir() else False
     kind = marker_kind(out) if out.is_dir() else None
     if kind not in (None, "sweep"):
         raise C.ConfigError(f"sweep output {out} is a tunelab {kind} directory; choose another 'output'")
     earlier = (out / "optuna.db").is_file() or (out / "trials").is_dir()  # a sweep from before the marker
-    if kind is None and out.is_dir() and any(out.iterdir()) and not earlier:
+    if kind is None and entries and not earlier:
         raise C.ConfigError(f"sweep output {out} holds files tunelab did not write; choose an empty or new 'output'")
     out.mkdir(parents=True, exist_ok=True)
     if kind is None:
