@@ -104,18 +104,9 @@ def overrides(row: dict[str, Any], data: Path, out: Path) -> list[str]:
 # the child: one training, measured
 
 
-def _rss_mb() -> float:
-    from tunelab.estimate.check import current_rss_mb
-
-    return current_rss_mb()
-
-
-def _peak_mb() -> float:
-    return harness.peak_rss_mb()
-
-
 def child(spec: dict[str, Any]) -> None:
     from tunelab import config as C
+    from tunelab.estimate.check import current_rss_mb as _rss_mb  # measured as tunelab train measures
     from tunelab.models import load as L
     from tunelab.train import recipe
 
@@ -123,7 +114,7 @@ def child(spec: dict[str, Any]) -> None:
     if spec.get("prepare_only"):
         from tunelab.data.prepare import prepare_from_config
 
-        tokenizer = L.load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+        tokenizer = L.load_tokenizer(cfg.model.tokenizer or cfg.model.name)  # runs on older trees too (--tunelab-src)
         prepared = prepare_from_config(cfg, tokenizer=tokenizer)
         prepared = prepared[0] if isinstance(prepared, tuple) else prepared  # (prepared, tokenizer) in older trees
         harness.emit({"stats": prepared.stats})
@@ -132,9 +123,9 @@ def child(spec: dict[str, Any]) -> None:
     load_model = L.load_model
 
     def measured_load(*args: Any, **kwargs: Any) -> Any:
-        marks.append(("before_load", _rss_mb(), _peak_mb()))  # the baseline: imports, tokenizer, data
+        marks.append(("before_load", _rss_mb(), harness.peak_rss_mb()))  # the baseline: imports, tokenizer, data
         model = load_model(*args, **kwargs)
-        marks.append(("after_load", _rss_mb(), _peak_mb()))
+        marks.append(("after_load", _rss_mb(), harness.peak_rss_mb()))
         return model
 
     L.load_model = measured_load  # recipe.train imports load_model from the module when it runs
@@ -145,12 +136,12 @@ def child(spec: dict[str, Any]) -> None:
         now = time.perf_counter()
         step_s.append(now - last[0])
         last[0] = now
-        marks.append((f"step{step}", _rss_mb(), _peak_mb()))
+        marks.append((f"step{step}", _rss_mb(), harness.peak_rss_mb()))
 
     summary = recipe.train(cfg, overwrite=True, callbacks=(on_step,))
-    marks.append(("end", _rss_mb(), _peak_mb()))
+    marks.append(("end", _rss_mb(), harness.peak_rss_mb()))
     base = marks[0][1]
-    peak = _peak_mb()
+    peak = harness.peak_rss_mb()
     metrics = [json.loads(l) for l in (Path(cfg.output.dir) / "metrics.jsonl").read_text().splitlines() if l]
     harness.emit({
         "baseline_mb": round(base, 1), "peak_rss_mb": round(peak, 1), "measured_mb": round(peak - base, 1),

@@ -96,15 +96,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from . import config as C
     from .data.prepare import export, prepare_from_config
     from .data.show import print_prepared
-    from .models.load import load_tokenizer
+    from .models.load import config_tokenizer
     from .paths import check_writable
 
     cfg = C.load(args.config, args.overrides)
     out = Path(args.output or Path(cfg.output.dir) / "data")
     inputs = [args.config, cfg.data.name]
     check_writable(out, args.overwrite, kind="data", inputs=inputs)  # before any work
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
-                               revision=cfg.model.revision)
+    tokenizer = config_tokenizer(cfg)
     prepared = prepare_from_config(cfg, tokenizer, use_cache=not args.no_cache)
     export(prepared, out, overwrite=args.overwrite, inputs=inputs)
     C.save(cfg, out / "config.yaml")  # as in a run directory

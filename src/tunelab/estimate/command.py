@@ -69,10 +69,9 @@ def data_shape(cfg: Any) -> tuple[int | None, float | None]:
     """(widest row, supervised fraction) of the config's training data, as `tunelab train` computes them."""
     from ..data.batching import widest_row
     from ..data.prepare import prepare_from_config
-    from ..models.load import load_tokenizer
+    from ..models.load import config_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
-                               revision=cfg.model.revision)
+    tokenizer = config_tokenizer(cfg)
     prepared = prepare_from_config(cfg, tokenizer)
     lengths = [len(x) for x in prepared.load("train")["input_ids"]]
     widest = widest_row(lengths, packing=cfg.data.packing, max_length=cfg.data.max_length, seed=cfg.training.seed)

@@ -130,9 +130,10 @@ def _measured(key: str, device: str) -> dict[str, float]:
     now = cpu_load() if device == "cpu" else 0.0
     if cached is not None and not (cached.get("load", 0.0) > BUSY and now <= BUSY):
         return cached
-    result = {"fp32": _measure(device, "float32"), "bf16": _measure(device, "bfloat16"), "load": round(now, 2)}
+    rates = {"fp32": _measure(device, "float32"), "bf16": _measure(device, "bfloat16")}
     if cached is not None:  # re-measured on a quiet machine: the faster of the two, per dtype
-        result = {k: max(result[k], cached.get(k, 0.0)) for k in ("fp32", "bf16")} | {"load": round(now, 2)}
+        rates = {k: max(v, cached.get(k, 0.0)) for k, v in rates.items()}
+    result = {**rates, "load": round(now, 2)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     return result

@@ -96,6 +96,13 @@ def _wrap_hub_error(ref: ModelRef, err: Exception) -> Exception:
     )
 
 
+def config_tokenizer(cfg: Any) -> Any:
+    """The tokenizer a config's data is tokenized with: `model.tokenizer` when set (e.g. one trained by
+    `tunelab tokenizer train`), else the model's own (prepare, train and estimate --data alike)."""
+    return load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
+                          revision=cfg.model.revision)
+
+
 def load_tokenizer(ref: str | ModelRef, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 

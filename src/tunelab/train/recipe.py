@@ -167,7 +167,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     import torch
 
     from ..data.prepare import prepare_from_config
-    from ..models.load import identity, load_tokenizer
+    from ..models.load import config_tokenizer, identity
     from ..paths import clean_leftovers, mark, remove_output
     from . import checkpoint as ckpt
     from .distributed import configure_deepspeed, make_accelerator, strategy_of
@@ -194,8 +194,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     torch.manual_seed(cfg.training.seed)
 
     # 1. data
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
-                               revision=cfg.model.revision)
+    tokenizer = config_tokenizer(cfg)
     with accelerator.main_process_first():
         prepared = prepare_from_config(cfg, tokenizer)
     fingerprint = {"config": C.to_dict(cfg), "data": prepared.stats.get("data_fingerprint"),
