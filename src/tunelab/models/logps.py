@@ -1,0 +1,115 @@
+"""Per-token log-probabilities of the supervised tokens, in chunks: what preference and RL losses are made of.
+
+`token_logps` is the sibling of `CausalLMLoss` (models/loss.py) and follows the same plan for the same
+reason (a 151,936-token vocabulary makes full logits huge, and most positions are not scored): run
+the decoder to hidden states, keep only positions whose *next* token is supervised
+(`supervised_mask`), then apply the output head, log_softmax and gather chunk by chunk under
+activation checkpointing, so at most one chunk of logits exists in the forward and the backward pass.
+
+The result is flat: one value per scored position in row-major order, with the batch row of each
+(`rows`) and the sequence it belongs to (`seqs`: the row for a padded batch, the packed example for a
+packed one). Per-sequence sums are `per_row(values, seqs, n)`. It equals
+`log_softmax(model(...).logits.float() / temperature)` gathered at the next tokens (tests check values
+and gradients, padded and packed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..data.batching import supervised_mask
+from .loss import _base
+
+
+@dataclass
+class TokenLogps:
+    logps: torch.Tensor  # [n] float32: log p(labels[b, p+1] | prefix) at every scored position (b, p)
+    rows: torch.Tensor  # [n] long: batch row of each scored position
+    seqs: torch.Tensor  # [n] long: sequence of each: the row, or with position_ids the packed example
+    n_seqs: int  # rows, or packed examples (padding tails included, with no scored positions)
+    entropy: torch.Tensor | None = None  # [n] float32, no grad: entropy of the predictive distribution
+
+
+def per_row(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Sum of `values` per row (or sequence): a tensor of `n_rows` sums, differentiable."""
+    return values.new_zeros(n_rows, dtype=values.dtype).index_add(0, rows, values)
+
+
+def counts(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Number of scored positions per row (or sequence)."""
+    return torch.bincount(rows, minlength=n_rows)
+
+
+def logits_chunk_rows(model: torch.nn.Module, logits_budget_mb: int = 256) -> int:
+    """Rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens), as CausalLMLoss."""
+    vocab = _base(model).get_output_embeddings().weight.shape[0]
+    return max(64, logits_budget_mb * 2**20 // (4 * vocab))
+
+
+def _logps_of(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    if temperature != 1.0:  # GRPO scores completions at the sampling temperature, as TRL does
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    with torch.no_grad():  # entropy is a metric: no graph, and cheap next to the head itself
+        entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def _chunk(head, hidden, targets, temperature):
+    return _logps_of(head(hidden), targets, temperature)
+
+
+def chunked_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs of `targets`, entropies) under `head(hidden)`, `chunk` rows at a time."""
+    if hidden.shape[0] <= chunk:  # one piece: no recomputation needed
+        return _chunk(head, hidden, targets, temperature)
+    parts = []
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s : s + chunk], targets[s : s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(_chunk, head, h, t, temperature, use_reentrant=False))
+        else:
+            parts.append(_chunk(head, h, t, temperature))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _seqs(keep: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Sequence index of each scored position: its row, or its packed example (a new one at every
+    position id 0, counted row-major; position p is scored for the token at p+1, which belongs to the
+    example of p+1, the same as p's since packed examples start with an unscored token)."""
+    rows = keep.nonzero()[:, 0]
+    if position_ids is None:
+        return rows, keep.shape[0]
+    starts = position_ids == 0
+    starts[:, 0] = True  # a row always starts a sequence
+    ids = starts.flatten().cumsum(0).view_as(position_ids) - 1
+    return ids[:, 1:][keep], int(starts.sum())
+
+
+def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+                chunk_size: int | None = None, entropy: bool = False, temperature: float = 1.0) -> TokenLogps:
+    """Log-probabilities of the supervised next tokens (see the module docstring). `entropy=True` also
+    returns the entropy at each scored position (no grad); `temperature` divides the logits first."""
+    base = _base(model)
+    keep = supervised_mask(labels)
+    targets = labels[:, 1:][keep]
+    seqs, n_seqs = _seqs(keep, position_ids)
+    rows = keep.nonzero()[:, 0]
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own logits
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        logits = model(**{k: v for k, v in inputs.items() if v is not None}, use_cache=False).logits
+        logps, ent = _logps_of(logits[:, :-1][keep], targets, temperature)
+    else:
+        out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False)
+        hidden = out.last_hidden_state[:, :-1][keep]
+        chunk = chunk_size or logits_chunk_rows(model)
+        logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk, temperature)
+    return TokenLogps(logps=logps, rows=rows, seqs=seqs, n_seqs=n_seqs, entropy=ent if entropy else None)

@@ -1,0 +1,95 @@
+"""`token_logps` (chunked, scored positions only) equals the plain full-logits computation in values,
+entropies and gradients, for padded and packed batches and chunk sizes that do not divide the count;
+per-sequence sums follow rows (padded) or packed examples."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tunelab.data.batching import collate_packed, collate_padded
+from tunelab.data.render import IGNORE_INDEX
+from tunelab.models.logps import counts, per_row, token_logps
+
+
+def _examples(n=5, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ids = [rng.randrange(10, 151000) for _ in range(rng.randint(6, 30))]
+        k = rng.randint(1, len(ids) - 2)
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * k + ids[k:]})
+    return out
+
+
+def _plain(model, batch, temperature=1.0):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits.float() / temperature
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    tok = logp.gather(-1, batch["labels"][:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)[keep]
+    ent = -(logp.exp() * logp).sum(-1)[keep]
+    return tok, ent.detach()
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_token_logps_equal_plain_values_and_grads(tiny_qwen, layout, chunk):
+    model = tiny_qwen.train()
+    exs = _examples()
+    batch = collate_padded(exs, pad_id=0) if layout == "padded" else collate_packed([exs[:3], exs[3:]], pad_id=0)
+    weights = None
+    try:
+        model.zero_grad()
+        ref, ref_ent = _plain(model, batch, temperature=0.7)
+        weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))  # a non-trivial upstream grad
+        (ref * weights).sum().backward()
+        g_ref = _grads(model)
+        model.zero_grad()
+        out = token_logps(model, **batch, chunk_size=chunk, entropy=True, temperature=0.7)
+        (out.logps * weights).sum().backward()
+        g = _grads(model)
+    finally:
+        model.zero_grad()
+        model.eval()
+    assert out.logps.dtype == torch.float32 and out.logps.shape == ref.shape
+    assert torch.allclose(out.logps, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(out.entropy, ref_ent, atol=1e-5, rtol=0) and not out.entropy.requires_grad
+    assert g.keys() == g_ref.keys()
+    for name in g:
+        assert torch.allclose(g[name], g_ref[name], atol=1e-5, rtol=1e-4), name
+
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    assert out.rows.tolist() == keep.nonzero()[:, 0].tolist()
+    # per-sequence sums: rows when padded, the packed examples (in row-major order) when packed
+    n_sup = [sum(x != IGNORE_INDEX for x in ex["labels"][1:]) for ex in exs]
+    if layout == "padded":
+        assert out.n_seqs == len(exs) and counts(out.seqs, out.n_seqs).tolist() == n_sup
+    else:  # two rows of 3 + 2 examples; the shorter row's padding tail is one more (empty) sequence
+        c = counts(out.seqs, out.n_seqs).tolist()
+        assert [x for x in c if x] == n_sup and out.n_seqs in (5, 6)
+    sums = per_row(out.logps, out.seqs, out.n_seqs)
+    assert torch.allclose(sums.sum(), out.logps.sum(), atol=1e-4)
+
+
+def test_token_logps_without_grad_and_entropy_off(tiny_qwen):
+    batch = collate_padded(_examples(3, seed=1), pad_id=0)
+    with torch.no_grad():
+        out = token_logps(tiny_qwen, **batch, chunk_size=5)
+        ref, _ = _plain(tiny_qwen, batch)
+    assert out.entropy is None and not out.logps.requires_grad
+    assert torch.allclose(out.logps, ref, atol=1e-5, rtol=0)
+
+
+def test_per_row_and_counts():
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+    rows = torch.tensor([0, 0, 2, 2])
+    s = per_row(v, rows, 3)
+    assert s.tolist() == [3.0, 0.0, 7.0] and counts(rows, 3).tolist() == [2, 0, 2]
+    s.sum().backward()
+    assert v.grad.tolist() == [1.0] * 4
