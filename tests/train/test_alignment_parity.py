@@ -78,3 +78,38 @@ def test_losses_have_gradients_and_zero_margin_is_log2():
     assert math.isclose(out.loss.item(), math.log(2), rel_tol=1e-6)
     out.loss.backward()
     assert math.isclose(c.grad.item(), -0.05, rel_tol=1e-5)  # d/dc −logσ(β(c − r)) at 0 = −β/2
+
+
+def test_group_advantages_closed_form():
+    from tunelab.train.grpo_math import group_advantages
+
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    a = group_advantages(r, 4, "group")
+    std = torch.tensor([0.0, 1.0, 1.0, 0.0]).std()  # unbiased: sqrt(1/3)
+    assert torch.allclose(a[:4], (r[:4] - 0.5) / (std + 1e-4)) and a[4:].abs().max() == 0
+    assert torch.allclose(group_advantages(r, 4, "none"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    nan = group_advantages(torch.tensor([1.0, float("nan"), 0.0, 2.0]), 4, "none")
+    assert nan.tolist() == [0.0, 0.0, -1.0, 1.0]  # NaN left out of the mean, and gets 0
+
+
+def test_grpo_token_loss_closed_form_and_normalisers():
+    from tunelab.train.grpo_math import grpo_sum_and_count, grpo_token_loss
+
+    logps = torch.tensor([-1.0, -1.0, -1.0, -2.0], requires_grad=True)
+    old = torch.tensor([-1.0, -1.5, -0.5, -2.0])  # ratios 1, e^.5, e^-.5, 1
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, stats = grpo_token_loss(logps, old, adv, epsilon_low=0.2, epsilon_high=0.28)
+    assert torch.allclose(loss, torch.tensor([-1.0, -1.28, 0.8, 1.0]))  # both clipped ones held at the bound
+    assert stats["clip_ratio/high_mean"] == 0.25 and stats["clip_ratio/low_mean"] == 0.25
+    assert stats["clip_ratio/region_mean"] == 0.5
+    ref = torch.tensor([-1.0, -0.5, -1.0, -1.0])
+    loss_kl, stats = grpo_token_loss(logps, old, adv, ref_logps=ref, kl_coef=0.1)
+    d = ref - logps.detach()
+    assert torch.allclose(stats["kl"], (d.exp() - d - 1).mean())
+    seqs = torch.tensor([0, 0, 0, 1])
+    s, n = grpo_sum_and_count(loss, seqs, 2, "grpo")
+    assert n == 2 and torch.allclose(s, loss[:3].mean() + loss[3])
+    s, n = grpo_sum_and_count(loss, seqs, 2, "dapo")
+    assert n == 4 and torch.allclose(s, loss.sum())
+    s, n = grpo_sum_and_count(loss, seqs, 2, "dr_grpo", max_completion_length=8)
+    assert n == 16 and torch.allclose(s, loss.sum())
