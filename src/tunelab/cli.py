@@ -1,6 +1,7 @@
 """The `tunelab` command line: subcommands that import their heavy modules only when they run.
 
     tunelab --help                       # never imports torch
+    tunelab --version                    # tunelab 0.1.0
     tunelab models                       # built-in offline models: installed? cached? size, origin
     tunelab data                         # built-in data sets and where they are found
     tunelab config [CONFIG [k=v ...]]    # every config key and its meaning, or a config resolved and checked
@@ -239,12 +240,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
+def _version() -> str:
+    """The installed distribution's version (importlib.metadata: no import of tunelab's heavy modules)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunelab")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import DTYPES  # light: the config module imports only yaml
     from .rag.context import add_arguments as add_rag_arguments  # argparse only
 
     parser = argparse.ArgumentParser(prog="tunelab", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
