@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-cache", action="store_true", help="re-tokenize even if a cached result exists")
     commands["prepare"] = _cmd_prepare
-    p = sub.add_parser("train", help="train (full, freeze, LoRA, LoRA+, DoRA, QLoRA; sft or pt) into a run directory")
+    p = sub.add_parser("train", help="train (full, freeze, LoRA, LoRA+, DoRA, QLoRA; stage sft, pt, dpo or grpo) into a run directory")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete a non-empty run directory and start again")

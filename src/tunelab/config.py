@@ -40,6 +40,10 @@ Method = Literal["full", "freeze", "lora", "lora_plus", "dora", "qlora"]
 Optimizer = Literal["adamw", "sgd", "adamw_8bit", "adafactor"]
 Schedule = Literal["constant", "linear", "cosine"]
 ReportTo = Literal["wandb", "swanlab"]
+Stage = Literal["sft", "pt", "dpo", "grpo"]
+# train/objectives.py PREFERENCE_LOSSES and train/rewards.py REWARDS, checked equal by tests/test_config.py
+PreferenceLoss = Literal["sigmoid", "ipo", "robust", "orpo", "simpo"]
+Reward = Literal["correct", "boxed"]
 
 
 @dataclass
@@ -244,6 +248,48 @@ class TrainingConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    loss: PreferenceLoss = "sigmoid"
+    """dpo: sigmoid (DPO), ipo, robust (label-smoothed / robust DPO), orpo (no reference), simpo (no reference, length-normalised)"""
+    beta: float = 0.1
+    """dpo: strength of the implicit reward (ipo: its regulariser; orpo: weight of the odds-ratio term; simpo: its beta, ~2)"""
+    label_smoothing: float = 0.0
+    """dpo robust (and sigmoid): assumed fraction of pairs whose labels are flipped, in [0, 0.5)"""
+    simpo_gamma: float = 0.5
+    """dpo simpo: target reward margin, as a ratio of beta (TRL's simpo_gamma)"""
+    reference: Literal["auto", "adapters_off", "cached"] = "auto"
+    """dpo sigmoid/ipo/robust, grpo with kl_coef > 0: the reference model. auto: the base with adapters disabled for the LoRA family, log-probabilities computed once before training and cached with the prepared data for full/freeze (dpo)"""
+    num_generations: int = 8
+    """grpo: completions sampled per prompt (the group whose rewards are normalised together)"""
+    max_new_tokens: int = 256
+    """grpo: longest completion"""
+    temperature: float = 1.0
+    """grpo: sampling temperature of the rollouts"""
+    top_p: float = 1.0
+    """grpo: nucleus sampling threshold of the rollouts"""
+    rewards: list[Reward] = field(default_factory=lambda: ["correct"])
+    """grpo: reward functions (train/rewards.py): correct (the task's grader: 1 right, 0 wrong), boxed (1 when the completion states a \\boxed{} answer)"""
+    reward_weights: list[float] = field(default_factory=list)
+    """grpo: weight of each reward (and of reward_fn last); empty: 1 each"""
+    reward_fn: str | None = None
+    """grpo: a reward function of your own, `path/to/file.py:function` (a local file only), called as function(completions, answers, prompts) -> list of numbers"""
+    scale_rewards: Literal["group", "none"] = "group"
+    """grpo: group: advantages are (reward - group mean) / group std; none: only the mean is subtracted (Dr. GRPO)"""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """grpo: how token losses are averaged: grpo (per completion, then over completions), bnpo/dapo (over all completion tokens of the step), dr_grpo (over completions x max_new_tokens)"""
+    epsilon: float = 0.2
+    """grpo: clipping range of the probability ratio (lower side)"""
+    epsilon_high: float | None = None
+    """grpo: upper clipping range (DAPO's clip-higher, e.g. 0.28); null: epsilon"""
+    kl_coef: float = 0.0
+    """grpo: weight of the KL penalty to the reference model (0: no reference needed)"""
+    generation_batch_size: int = 64
+    """grpo: completions generated together"""
+    sample_every: int = 10
+    """grpo: steps between completions written to samples.jsonl (the board shows them)"""
+
+
+@dataclass
 class EvaluationConfig:
     tasks: list[str] = field(default_factory=list)
     """tasks to evaluate on (`tunelab tasks`)"""
@@ -269,14 +315,15 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    stage: Literal["sft", "pt"] = "sft"
-    """sft: conversations with masked prompts; pt: raw text, every token supervised"""
+    stage: Stage = "sft"
+    """sft: conversations with masked prompts; pt: raw text, every token supervised; dpo: preference pairs (objective.loss); grpo: RL with the task's grader as reward"""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -327,6 +374,19 @@ CHECKS: list[tuple[str, Any, str]] = [
     ("training.save_every", lambda v: v >= 0, "0 (best and last only) or more"),
     ("training.keep_last", lambda v: v >= 1, "at least 1 (the newest checkpoint is what --resume continues)"),
     ("training.early_stopping_patience", lambda v: v >= 0, "0 (off) or more"),
+    ("objective.beta", lambda v: v > 0, "above 0"),
+    ("objective.label_smoothing", lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("objective.simpo_gamma", lambda v: v >= 0, "0 or more"),
+    ("objective.num_generations", lambda v: v >= 2, "at least 2 (advantages compare completions of one prompt)"),
+    ("objective.max_new_tokens", lambda v: v >= 1, "at least 1"),
+    ("objective.temperature", lambda v: v > 0, "above 0 (rollouts are sampled)"),
+    ("objective.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("objective.rewards", lambda v: len(set(v)) == len(v), "reward names without repeats"),
+    ("objective.epsilon", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("objective.epsilon_high", lambda v: v is None or 0 < v < 1, "in (0, 1), or null"),
+    ("objective.kl_coef", lambda v: v >= 0, "0 (off) or more"),
+    ("objective.generation_batch_size", lambda v: v >= 1, "at least 1"),
+    ("objective.sample_every", lambda v: v >= 0, "0 (never) or more"),
     ("evaluation.limit", lambda v: v is None or v >= 1, "at least 1 (or null for all)"),
     ("evaluation.max_new_tokens", lambda v: v >= 1, "at least 1"),
     ("evaluation.batch_size", lambda v: v >= 1, "at least 1"),
@@ -356,12 +416,41 @@ def check_values(cfg: "Config") -> None:
         # and the message training would give later ("needs a model loaded with 4-bit weights") misleads
         raise ConfigError("config key 'method.name': qlora adapts a pretrained model quantized to 4 bits; a model "
                           "built from scratch (model.from_scratch: true) has no pretrained weights: use full or lora")
+    o = cfg.objective
+    n_rewards = len(o.rewards) + (1 if o.reward_fn else 0)
+    if cfg.stage == "grpo" and not n_rewards:
+        raise ConfigError("config key 'objective.rewards': stage grpo needs at least one reward (e.g. [correct]) or "
+                          "objective.reward_fn")
+    if o.reward_weights and len(o.reward_weights) != n_rewards:
+        raise ConfigError(f"config key 'objective.reward_weights': {len(o.reward_weights)} weight(s) for {n_rewards} "
+                          "reward(s) (objective.rewards, then objective.reward_fn); give one each, or none")
+    if o.reward_fn is not None:
+        check_reward_fn(o.reward_fn)
     a = cfg.model.arch
     if a.heads and a.kv_heads and a.heads % a.kv_heads:
         raise ConfigError(f"config key 'model.arch.kv_heads': {a.kv_heads} must divide model.arch.heads ({a.heads})")
     if a.hidden_size and a.heads and not a.head_dim and a.hidden_size % a.heads:
         raise ConfigError(f"config key 'model.arch.heads': {a.heads} must divide model.arch.hidden_size "
                           f"({a.hidden_size}), or set model.arch.head_dim")
+
+
+def check_reward_fn(ref: str) -> None:
+    """`objective.reward_fn` names a local Python file and a function in it: checked without running it."""
+    import ast
+
+    path, _, name = ref.rpartition(":")
+    if not path or not name.isidentifier():
+        raise ConfigError(f"config key 'objective.reward_fn': expected 'path/to/file.py:function', got {ref!r}")
+    file = Path(path)
+    if file.suffix != ".py" or not file.is_file():
+        raise ConfigError(f"config key 'objective.reward_fn': {path} is not a local .py file (only a file on this "
+                          "machine may provide a reward function, never an installed or remote module)")
+    try:
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+    except SyntaxError as e:
+        raise ConfigError(f"config key 'objective.reward_fn': {path}:{e.lineno}: not valid Python ({e.msg})") from None
+    if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body):
+        raise ConfigError(f"config key 'objective.reward_fn': {path} defines no function {name!r} at its top level")
 
 
 def field_docs(cls: type) -> dict[str, str]:

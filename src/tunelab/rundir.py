@@ -3,6 +3,7 @@
     run/
       config.yaml        the resolved config (tunelab.config)
       metrics.jsonl      one JSON object per logged step (train/metrics.py)
+      samples.jsonl      stage grpo: completions of one prompt every objective.sample_every steps (train/grpo.py)
       summary.json       totals, peak memory, losses, ... (train/recipe.py)
       data_stats.json    the prepared data's statistics
       model/             a transformers model, or a PEFT adapter, with tokenizer + tunelab.json
@@ -23,6 +24,7 @@ from typing import Any
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 DATA_STATS = "data_stats.json"
 MODEL = "model"
@@ -99,9 +101,10 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl; a last line cut short by a crash mid-write is skipped, not an error."""
-    path = Path(run_dir) / METRICS
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log written as training goes (metrics.jsonl, samples.jsonl); a last line
+    cut short by a crash mid-write is skipped, not an error."""
+    path = Path(path)
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -116,6 +119,21 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                 break  # the one line a kill can leave half-written
             raise
     return rows
+
+
+def trim_rows(path: str | Path, step: int) -> None:
+    """Keep the rows of a training log up to `step` (a resumed run logs the later steps again)."""
+    path = Path(path)
+    if path.exists():
+        from .paths import no_space_message
+
+        kept = [row for row in read_rows(path) if row["step"] <= step]
+        with no_space_message(path):
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_rows(Path(run_dir) / METRICS)
 
 
 def read_error(run_dir: str | Path) -> str | None:

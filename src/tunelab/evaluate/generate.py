@@ -49,7 +49,8 @@ class Generator:
         self.pad_id = pad_token_id(tokenizer, stop_ids)
         self.stop_strings = list(stop_strings or [])
 
-    def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int]]:
+    def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int, list[int]]]:
+        """(reply text, generated tokens, generated ids up to and with the stop token) per prompt."""
         import torch
 
         device = next(self.model.parameters()).device
@@ -71,13 +72,15 @@ class Generator:
                     break
             new = [t for t in row[:n] if t != self.pad_id or t in self.stop_ids]
             text = decode_reply(self.tokenizer, new)
-            results.append((cut_at_stop(text, self.stop_strings) if self.stop_strings else text, len(new)))
+            results.append((cut_at_stop(text, self.stop_strings) if self.stop_strings else text, len(new), new))
         return results
 
     def generate(self, prompts: list[list[int]], s: GenerationSettings,
                  on_batch: Callable[[list[int], int, list[tuple[str, int]]], None] | None = None,
-                 skip: Iterable[tuple[int, int]] = (), progress: bool = True) -> dict[tuple[int, int], tuple[str, int]]:
-        """Return {(prompt index, sample index): (text, generated tokens)}; `skip` holds finished pairs."""
+                 skip: Iterable[tuple[int, int]] = (), progress: bool = True,
+                 with_ids: bool = False) -> dict[tuple[int, int], tuple]:
+        """Return {(prompt index, sample index): (text, generated tokens)}; `skip` holds finished pairs.
+        `with_ids`: (text, generated tokens, generated ids) instead (GRPO trains on the very ids sampled)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -90,12 +93,12 @@ class Generator:
         bar = tqdm(total=sum(len(b) for _, b in todo), desc="generate", unit="prompt", disable=not progress)
         for j, batch in todo:
             torch.manual_seed(s.seed + j)  # sample j is reproducible whatever the batching
-            res = self._batch([prompts[i] for i in batch], s)
+            res = [r if with_ids else r[:2] for r in self._batch([prompts[i] for i in batch], s)]
             for i, r in zip(batch, res):
                 out[(i, j)] = r
             if on_batch is not None:
                 on_batch(batch, j, res)
             bar.update(len(batch))
-            bar.set_postfix(tok=sum(n for _, n in res))
+            bar.set_postfix(tok=sum(r[1] for r in res))
         bar.close()
         return out

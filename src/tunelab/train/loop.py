@@ -108,7 +108,7 @@ def evaluate_loss(accelerator: Any, module: torch.nn.Module, objective: Any, ds:
     if ds is None or len(ds) == 0:
         return float("nan")
     world, rank = accelerator.num_processes, accelerator.process_index
-    val_plan = StepPlan([len(x) for x in ds["input_ids"]], packing=plan.kwargs["packing"],
+    val_plan = StepPlan(objective.lengths(ds), packing=plan.kwargs["packing"],
                         max_length=plan.kwargs["max_length"], batch_size=plan.kwargs["batch_size"], grad_accum=1,
                         world_size=1, seed=0)
     batches = [units for step in val_plan.epoch(0) for units in step]
@@ -122,6 +122,7 @@ def evaluate_loss(accelerator: Any, module: torch.nn.Module, objective: Any, ds:
         for i in range(-(-len(batches) // world)):
             units = mine[i] if i < len(mine) else batches[0]
             batch = {k: v.to(accelerator.device) for k, v in objective.collate(ds, units).items()}
+            objective.begin_step(torch.tensor(objective.count(batch), dtype=torch.float64))  # this batch alone
             loss, n = unwrapped(**batch)
             if i < len(mine):
                 total += torch.stack([loss.double(), n.double()])
@@ -159,6 +160,7 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
         state.last_val_loss, state.last_eval_step = val, state.step
         mem, _ = peak_memory_mb(accelerator.device)
         logger.log({"step": state.step, "epoch": epoch_progress(), "split": "val", "loss": val,
+                    **objective.metrics("val", accelerator),
                     "peak_mem_mb": round(mem, 1), "elapsed_s": round(state.train_time_s, 3)})
         if val < state.best_val:
             state.best_val, state.best_step, state.bad_evals = val, state.step, 0
@@ -170,17 +172,22 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
     from tqdm.auto import tqdm
 
     bar = tqdm(total=s.total_steps, initial=state.step, disable=not main, desc="train", dynamic_ncols=True)
-    window = {"loss": 0.0, "sup": 0, "tokens": 0, "time": 0.0}
+    window = {"loss": 0.0, "norm": 0, "sup": 0, "tokens": 0, "time": 0.0}
     stop = False
     while state.step < s.total_steps and not stop:
         steps = plan.epoch(state.epoch)
         for k in range(state.step_in_epoch, len(steps)):
             t0 = time.perf_counter()
+            objective.prepare_step(state.step)  # e.g. GRPO seeds its rollouts by step: resume samples the same
             micro = [{key: v.to(accelerator.device) for key, v in objective.collate(train_ds, units).items()}
                      for units in steps[k][rank::world]]
-            counts = torch.tensor([sum(objective.count(b)[i] for b in micro) for i in (0, 1)],
-                                  dtype=torch.float64, device=accelerator.device)
-            n_sup, n_tok = accelerator.reduce(counts, "sum").tolist()
+            # the objective's counts (loss normaliser, input tokens, and any it needs itself) over the whole
+            # step and every process: what each micro-batch's summed loss is divided by
+            counts = torch.tensor([list(objective.count(b)) for b in micro], dtype=torch.float64,
+                                  device=accelerator.device).sum(0)
+            totals = accelerator.reduce(counts, "sum")
+            objective.begin_step(totals)
+            n_norm, n_tok, n_sup = totals[:3].tolist()  # for sft/pt the normaliser is the supervised tokens
 
             # forward, loss, backward over the micro-batches; the last one ends the step. (Not accelerate's
             # `accumulate`, which counts calls: a short last step of an epoch would put it out of phase.)
@@ -193,8 +200,8 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
                     with accelerator.autocast():
                         loss_sum, _ = module(**batch)
                     # backward divides by the accumulation steps and the processes' gradients are averaged:
-                    # multiplying by both leaves the step's token sum over its token count
-                    accelerator.backward(loss_sum * (world * accelerator.gradient_accumulation_steps / max(n_sup, 1)))
+                    # multiplying by both leaves the step's loss sum over its normaliser (tokens, pairs, ...)
+                    accelerator.backward(loss_sum * (world * accelerator.gradient_accumulation_steps / max(n_norm, 1)))
                 step_loss += loss_sum.detach().double()
 
             # the norm of the whole gradient, clipped to max_grad_norm (DeepSpeed clips inside its step
@@ -206,7 +213,7 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_value = accelerator.reduce(step_loss, "sum").item() / max(n_sup, 1)
+            loss_value = accelerator.reduce(step_loss, "sum").item() / max(n_norm, 1)
             state.step += 1
             state.step_in_epoch = k + 1
             if not math.isfinite(loss_value):
@@ -218,7 +225,8 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
             state.tokens += int(n_tok)
             state.supervised_tokens += int(n_sup)
             state.last_train_loss = loss_value
-            window["loss"] += loss_value * n_sup
+            window["loss"] += loss_value * n_norm
+            window["norm"] += n_norm
             window["sup"] += n_sup
             window["tokens"] += n_tok
             window["time"] += dt
@@ -228,12 +236,13 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
             if state.step % s.log_every == 0 or state.step == s.total_steps:
                 mem, _ = peak_memory_mb(accelerator.device)
                 logger.log({"step": state.step, "epoch": epoch_progress(), "split": "train",
-                            "loss": window["loss"] / max(window["sup"], 1), "lr": lr, "grad_norm": grad_norm,
+                            "loss": window["loss"] / max(window["norm"], 1), "lr": lr, "grad_norm": grad_norm,
                             "tokens": int(window["tokens"]), "supervised_tokens": int(window["sup"]),
                             "tokens_per_s": round(window["tokens"] / window["time"], 2),
                             "supervised_tokens_per_s": round(window["sup"] / window["time"], 2),
-                            "peak_mem_mb": round(mem, 1), "elapsed_s": round(state.train_time_s, 3)})
-                window = {"loss": 0.0, "sup": 0, "tokens": 0, "time": 0.0}
+                            "peak_mem_mb": round(mem, 1), "elapsed_s": round(state.train_time_s, 3),
+                            **objective.metrics("train", accelerator)})
+                window = {"loss": 0.0, "norm": 0, "sup": 0, "tokens": 0, "time": 0.0}
             if s.eval_every and state.step % s.eval_every == 0 and has_val:
                 stop = run_eval()
             if s.save_every and state.step % s.save_every == 0 and state.best_step != state.step:

@@ -45,12 +45,10 @@ class MetricsLogger:
         self.extra: list[Any] = []
         if not enabled:
             return
-        if resume_step is not None and self.path.exists():
+        if resume_step is not None:
             # drop what was logged after the checkpoint (all of it when no checkpoint was reached):
             # the resumed run logs those steps again
-            kept = [row for row in rundir.read_metrics(Path(run_dir)) if row["step"] <= resume_step]
-            with no_space_message(self.path):
-                self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            rundir.trim_rows(self.path, resume_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 

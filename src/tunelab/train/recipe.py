@@ -138,6 +138,30 @@ def _estimate(cfg: C.Config, device: str, supervised_fraction: float | None, npr
     return est
 
 
+def objective_settings(cfg: C.Config, tokenizer: Any, end_of_turn: str, run_dir: Path) -> dict[str, Any]:
+    """The keyword arguments of `build_objective(cfg.stage, ...)`: plain values read from the config."""
+    o = cfg.objective
+    if cfg.stage in ("sft", "pt"):
+        return dict(packing=cfg.data.packing, pad_id=tokenizer.pad_token_id)
+    if cfg.stage == "dpo":
+        from .dpo import reference_mode
+
+        return dict(pad_id=tokenizer.pad_token_id, loss=o.loss, beta=o.beta, label_smoothing=o.label_smoothing,
+                    simpo_gamma=o.simpo_gamma, reference=reference_mode(o.loss, cfg.method.name, o.reference))
+    from ..models.generation import pad_token_id, stop_token_ids
+    from .rewards import build_rewards
+
+    stop = stop_token_ids(tokenizer, end_of_turn)
+    return dict(tokenizer=tokenizer, pad_id=pad_token_id(tokenizer, stop), stop_ids=stop,
+                rewards=build_rewards(list(o.rewards), weights=o.reward_weights, reward_fn=o.reward_fn),
+                num_generations=o.num_generations, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
+                top_p=o.top_p, scale_rewards=o.scale_rewards, loss_type=o.loss_type, epsilon=o.epsilon,
+                epsilon_high=o.epsilon_high, kl_coef=o.kl_coef,
+                reference="adapters_off" if cfg.method.name in ("lora", "lora_plus", "dora", "qlora") else "copy",
+                seed=cfg.training.seed, generation_batch_size=o.generation_batch_size,
+                samples_path=run_dir / rundir.SAMPLES, sample_every=o.sample_every)
+
+
 def build_optimization(cfg: C.Config, model: Any, total_steps: int) -> tuple[Any, Any]:
     from .optim import build_optimizer, build_scheduler, param_groups
 
@@ -181,6 +205,11 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     if cfg.method.name == "qlora" and strategy in ("fsdp", "zero2", "zero3"):
         raise C.ConfigError(f"method qlora under strategy {strategy} is not supported (4-bit weights cannot be "
                             "sharded or partitioned here); use --strategy ddp, or method lora")
+    if cfg.stage in ("dpo", "grpo") and strategy in ("fsdp", "zero2", "zero3"):
+        # the reference pass (adapters off) and GRPO's rollouts need whole weights on every process;
+        # tested on one process and DDP only
+        raise C.ConfigError(f"stage {cfg.stage} under strategy {strategy} is not supported yet; use one process or "
+                            "--strategy ddp")
     main = accelerator.is_main_process
     if main and overwrite:
         remove_output(run_dir, "run", inputs_of(cfg))
@@ -196,7 +225,12 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     # 1. data
     tokenizer = config_tokenizer(cfg)
     with accelerator.main_process_first():
-        prepared = prepare_from_config(cfg, tokenizer)
+        if cfg.stage == "grpo":  # prompts with reference answers, rendered as evaluation renders them
+            from .grpo import prepare_prompts
+
+            prepared = prepare_prompts(cfg, tokenizer)
+        else:
+            prepared = prepare_from_config(cfg, tokenizer)
     fingerprint = {"config": C.to_dict(cfg), "data": prepared.stats.get("data_fingerprint"),
                    "model": identity(cfg.model.name) if not cfg.model.from_scratch else f"scratch:{cfg.model.name}"}
     if resumed and resume_from is not None:
@@ -207,7 +241,9 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                                     "runs. Start a new run (another output.dir, or --overwrite)")
     train_ds, val_ds = prepared.load("train"), prepared.load("validation")
     t = cfg.training
-    plan = StepPlan([len(x) for x in train_ds["input_ids"]], packing=cfg.data.packing, max_length=cfg.data.max_length,
+    objective = build_objective(cfg.stage, **objective_settings(cfg, tokenizer, prepared.stats.get("end_of_turn", ""),
+                                                                 run_dir))
+    plan = StepPlan(objective.lengths(train_ds), packing=objective.packing, max_length=cfg.data.max_length,
                     batch_size=t.batch_size, grad_accum=t.grad_accum, world_size=accelerator.num_processes, seed=t.seed)
     steps_per_epoch = plan.steps_per_epoch
     if steps_per_epoch == 0:
@@ -233,7 +269,17 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     per_token = flops_per_token(model.config, total, cfg.data.max_length)
     accelerator.print(f"[tunelab] {describe(model, cfg.method.name)}; {per_token / 1e9:.3g} GFLOPs per trained "
                       f"token (6N + 12·L·d·T at T={cfg.data.max_length})")
-    objective = build_objective(cfg.stage, packing=cfg.data.packing, pad_id=tokenizer.pad_token_id)
+    if getattr(objective, "reference", None) == "cached":  # dpo, full/freeze: before any weight changes
+        from .dpo import with_reference_logps
+
+        with accelerator.main_process_first():
+            train_ds, val_ds = with_reference_logps(model, objective, prepared, train_ds, val_ds,
+                                                    model_id=fingerprint["model"], accelerator=accelerator,
+                                                    batch_size=t.batch_size)
+    if getattr(objective, "reference", None) == "copy" and cfg.objective.kl_coef > 0:  # grpo, full/freeze
+        import copy
+
+        objective.ref_model = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
     if strategy.startswith("zero"):  # the engine needs the micro-batch size, accumulation and clipping
         configure_deepspeed(accelerator, batch_size=t.batch_size, grad_accum=t.grad_accum,
@@ -248,6 +294,8 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
             raise UserError(f"--resume: cannot restore {resume_from} into this run's model and optimizer "
                             f"({type(e).__name__}: {e}); no file of {run_dir} was changed") from None
         accelerator.print(f"[tunelab] resumed from {resume_from} at step {state.step}")
+    if main and cfg.stage == "grpo":  # samples logged after the restored step are sampled again
+        rundir.trim_rows(run_dir / rundir.SAMPLES, state.step if state else 0)
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +317,8 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
                            eval_every=t.eval_every, save_every=t.save_every, keep_last=t.keep_last,
                            patience=t.early_stopping_patience)
     try:
-        state = fit(accelerator, model, module, objective, optimizer, scheduler, train_ds, val_ds, plan, settings,
+        state = fit(accelerator, model, module, objective, optimizer, scheduler, train_ds,
+                    None if cfg.stage == "grpo" else val_ds, plan, settings,
                     run_dir=run_dir, logger=logger, state=state, callbacks=callbacks)
     finally:
         logger.close()

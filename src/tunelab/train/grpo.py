@@ -1,0 +1,262 @@
+"""`stage: grpo`: RL with verifiable rewards (GRPO, DAPO, Dr. GRPO) behind the objective seam.
+
+    objective = GRPO(tokenizer=tok, pad_id=..., stop_ids=..., rewards=build_rewards(["correct"]), ...)
+    module = objective.wrap(model)   # forward(**batch) -> (summed token losses, normaliser)
+
+A step's units are prompts. For each micro-batch `collate` samples `num_generations` completions of
+every prompt with the one batched generation engine evaluation uses (evaluate/generate.py
+`Generator`, the same prompts as `tunelab eval` renders, the same stop tokens), scores them with the
+reward functions (train/rewards.py; `correct` is the evaluation grader), and turns the rewards into
+group-normalised advantages (train/grpo_math.py). The batch is prompt + completion rows whose labels
+supervise the completion tokens only, with one advantage per row. The loss module scores the
+completion tokens (models/logps.py, at the sampling temperature) and applies the clipped surrogate
+and optional KL to the reference (grpo_math.py, equal to TRL 1.16's on the same tensors).
+
+On-policy, one optimisation pass per generation (TRL's default `num_iterations=1`): the old policy
+is the current one, so the ratio is 1 with its gradient, and the clipped fraction is 0 by construction.
+
+Normalisation by `loss_type` (the loop divides the step's summed loss by the step's first count):
+`grpo` each completion's token mean, over completions; `bnpo`/`dapo` all completion tokens of the
+step (every micro-batch and process); `dr_grpo` completions x max_new_tokens.
+
+Repeatable: the rollouts of step s are sampled with a seed of (training.seed, s, micro-batch,
+process), so a resumed run samples exactly what the uninterrupted one did.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .objectives import Metrics, Objective
+
+COMPLETION_STATS = ("reward", "reward_std", "completion_length", "truncated", "rollout_s")
+TOKEN_STATS = ("kl", "entropy", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region")
+
+
+class GRPO(Objective):
+    packing = False
+
+    def __init__(self, *, tokenizer: Any, pad_id: int, stop_ids: list[int], rewards: Any, num_generations: int = 8,
+                 max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
+                 scale_rewards: str = "group", loss_type: str = "dapo", epsilon: float = 0.2,
+                 epsilon_high: float | None = None, kl_coef: float = 0.0, reference: str = "adapters_off",
+                 seed: int = 0, generation_batch_size: int = 64, samples_path: Path | None = None,
+                 sample_every: int = 10, **_: Any):
+        self.tokenizer, self.pad_id, self.stop_ids, self.rewards = tokenizer, pad_id, stop_ids, rewards
+        self.G, self.max_new_tokens, self.temperature, self.top_p = num_generations, max_new_tokens, temperature, top_p
+        self.scale_rewards, self.loss_type = scale_rewards, loss_type
+        self.epsilon, self.epsilon_high, self.kl_coef = epsilon, epsilon_high or epsilon, kl_coef
+        self.reference, self.seed, self.generation_batch_size = reference, seed, generation_batch_size
+        self.samples_path, self.sample_every = samples_path, sample_every
+        self.model: torch.nn.Module | None = None
+        self.ref_model: torch.nn.Module | None = None  # full/freeze with kl_coef > 0: a frozen copy (recipe)
+        self.stats = Metrics()
+        self.step, self.micro = 0, 0
+
+    def lengths(self, ds: Any) -> list[int]:
+        return [len(p) + self.max_new_tokens for p in ds["prompt_ids"]]
+
+    def prepare_step(self, step: int) -> None:
+        self.step, self.micro = step, 0
+
+    def _seed(self) -> int:
+        rank = int(os.environ.get("RANK", "0"))
+        return (self.seed * 1_000_003 + self.step * 1_009 + self.micro * 101 + rank) % 2**31
+
+    def rollout(self, prompts: list[list[int]]) -> list[tuple[str, int, list[int]]]:
+        """`num_generations` sampled completions of each prompt, grouped: prompt i's are i*G .. i*G+G-1."""
+        from ..evaluate.generate import GenerationSettings, Generator
+
+        expanded = [p for p in prompts for _ in range(self.G)]
+        gen = Generator(self.model, self.tokenizer, self.stop_ids)
+        settings = GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                      top_p=self.top_p, n=1, seed=self._seed(), batch_size=self.generation_batch_size)
+        out = gen.generate(expanded, settings, progress=False, with_ids=True)
+        return [out[(i, 0)] for i in range(len(expanded))]
+
+    def collate(self, ds: Any, units: list[list[int]]) -> dict[str, torch.Tensor]:
+        from ..data.render import IGNORE_INDEX
+        from .grpo_math import group_advantages
+
+        idx = [i for u in units for i in u]
+        rows = ds[idx]
+        t0 = time.perf_counter()
+        done = self.rollout(rows["prompt_ids"])
+        seconds = time.perf_counter() - t0
+        texts = [text for text, _, _ in done]
+        answers = [a for a in rows["answer"] for _ in range(self.G)]
+        prompts = [p for p in rows["prompt"] for _ in range(self.G)]
+        per_fn = self.rewards.score(texts, answers, prompts)
+        total = torch.tensor(self.rewards.total(per_fn), dtype=torch.float32)
+        advantages = group_advantages(total, self.G, self.scale_rewards)
+
+        seqs = [(p, ids) for p, (_, _, ids) in zip((p for p in rows["prompt_ids"] for _ in range(self.G)), done)]
+        width = max(len(p) + len(c) for p, c in seqs)
+        input_ids, labels, mask = [], [], []
+        for p, c in seqs:
+            pad = width - len(p) - len(c)
+            input_ids.append(p + c + [self.pad_id] * pad)
+            labels.append([IGNORE_INDEX] * len(p) + c + [IGNORE_INDEX] * pad)
+            mask.append([1] * (len(p) + len(c)) + [0] * pad)
+
+        n = len(done)
+        group_std = total.view(-1, self.G).std(dim=1).mean().item() if self.G > 1 else 0.0
+        truncated = sum(1 for _, _, ids in done if not ids or ids[-1] not in self.stop_ids)
+        sums = {"reward": total.sum().item(), "reward_std": group_std * n,
+                "completion_length": float(sum(len(ids) for _, _, ids in done)), "truncated": float(truncated),
+                "rollout_s": seconds * n}
+        for name, values in per_fn.items():
+            sums[f"rewards/{name}"] = sum(values)
+        self.stats.add("train", n, **sums)
+        self._write_samples(rows, texts, total.tolist(), per_fn)
+        self.micro += 1
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels),
+                "attention_mask": torch.tensor(mask), "advantages": advantages}
+
+    def _write_samples(self, rows: dict[str, list], texts: list[str], total: list[float],
+                       per_fn: dict[str, list[float]]) -> None:
+        """The first prompt's group every `sample_every` steps, to samples.jsonl (main process only)."""
+        if not (self.samples_path and self.sample_every and self.micro == 0 and self.step % self.sample_every == 0):
+            return
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        row = {"step": self.step + 1, "prompt": rows["prompt"][0], "answer": rows["answer"][0],
+               "completions": [{"text": texts[j], "reward": total[j], **{k: v[j] for k, v in per_fn.items()}}
+                               for j in range(self.G)]}
+        with Path(self.samples_path).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def count(self, batch: dict[str, torch.Tensor]) -> tuple[int, ...]:
+        """(loss normaliser, input tokens, completion tokens): the normaliser by loss_type."""
+        from ..data.batching import supervised_mask
+
+        n = batch["input_ids"].shape[0]
+        tokens = int(supervised_mask(batch["labels"]).sum())
+        norm = {"grpo": n, "bnpo": tokens, "dapo": tokens, "dr_grpo": n * self.max_new_tokens}[self.loss_type]
+        return norm, int(batch["attention_mask"].sum()), tokens
+
+    def metrics(self, split: str, accelerator: Any) -> dict[str, float]:
+        keys = COMPLETION_STATS + tuple(f"rewards/{n}" for n in self.rewards.names)
+        out = self.stats.read(split, accelerator, keys)
+        out.update(self.stats.read(split + "_tokens", accelerator, TOKEN_STATS))
+        if "rewards/correct" in out:
+            out["accuracy"] = out["rewards/correct"]
+        return out
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        self.model = model
+        return GRPOLoss(model, self)
+
+
+class GRPOLoss(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, objective: GRPO):
+        super().__init__()
+        from ..models.loss import _base
+
+        self.model, self.objective = model, objective
+        self.config = _base(model).config
+        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
+
+    def _reference(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from ..models.logps import token_logps
+
+        o = self.objective
+        with torch.no_grad():
+            if o.ref_model is not None:
+                return token_logps(o.ref_model, input_ids, labels, attention_mask, temperature=o.temperature).logps
+            with self.model.disable_adapter():
+                return token_logps(self.model, input_ids, labels, attention_mask, temperature=o.temperature).logps
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
+                advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.logps import token_logps
+        from .grpo_math import grpo_sum_and_count, grpo_token_loss
+
+        o = self.objective
+        n = input_ids.shape[0]
+        t = token_logps(self.model, input_ids, labels, attention_mask, entropy=True, temperature=o.temperature)
+        ref = self._reference(input_ids, labels, attention_mask) if o.kl_coef > 0 else None
+        per_token, stats = grpo_token_loss(t.logps, t.logps.detach(), advantages.to(t.logps)[t.rows],
+                                           epsilon_low=o.epsilon, epsilon_high=o.epsilon_high, ref_logps=ref,
+                                           kl_coef=o.kl_coef)
+        loss, norm = grpo_sum_and_count(per_token, t.seqs, n, o.loss_type, o.max_new_tokens)
+        with torch.no_grad():
+            k = float(t.logps.numel())
+            o.stats.add("train_tokens", k, kl=float(stats.get("kl", 0.0)) * k, entropy=t.entropy.sum().item(),
+                        **{name: float(stats[f"{name}_mean"]) * k for name in TOKEN_STATS[2:]})
+        return loss, torch.tensor(norm, device=loss.device)
+
+
+class PromptSet:
+    """The prompts of a GRPO run with their reference answers, shaped like data/prepare.py's `Prepared`
+    (`stats`, `load(split)`), so the recipe reads both alike."""
+
+    def __init__(self, splits: dict[str, Any], stats: dict[str, Any]):
+        self.splits, self.stats, self.cached = splits, stats, False
+
+    def load(self, split: str) -> Any:
+        return self.splits[split]
+
+
+def prepare_prompts(cfg: Any, tokenizer: Any) -> PromptSet:
+    """Read `data` as for SFT (the same readers, system prompt, math instruction, normalisation and
+    deduplication; data.val_size is not used), keep each conversation's prompt (everything before its last reply) and
+    reference answer, and render the prompt as evaluation does (`Renderer.render_prompt`). A record
+    without a reference answer has nothing to grade: one message naming it, before any model loads."""
+    from datasets import Dataset
+
+    from ..data.clean import content_key
+    from ..data.prepare import _tokenizer_key, clean_and_split, read_examples
+    from ..data.render import build_renderer
+    from ..errors import DataError
+
+    d = cfg.data
+    if d.mix:
+        raise DataError("stage grpo reads its prompts from data.name (one data set with reference answers); "
+                        "data.mix is for sft/pt")
+    examples, n_in, drops, _ = read_examples(
+        d.name, stage="sft", fmt=d.format, columns=d.columns, split_name=d.split, limit=d.limit, n=d.n, seed=d.seed,
+        gsm8k_boxed=d.gsm8k_boxed, system_prompt=d.system_prompt, instruction=d.instruction, max_chars=d.max_chars)
+    for ex in examples:
+        if not str(ex.get("answer") or "").strip():
+            raise DataError(f"{ex.get('where') or d.name}: stage grpo needs a reference answer for every prompt (the "
+                            "grader's gold), and this record has none; use math data (arith, gsm8k, math500, cmath, "
+                            "belle_math) or map a column to the answer (data.columns)")
+    train, val, drops = clean_and_split(examples, source=d.name, n_in=n_in, drops=drops, normalize=d.normalize,
+                                        dedup_mode=d.dedup, near_dup_threshold=d.near_dup_threshold,
+                                        val_size=0, seed=d.seed, max_chars=d.max_chars)
+    # no validation split: a held-out check of a policy is an evaluation (`tunelab eval`, or an
+    # experiment's evaluation), graded as the rewards are, not a loss
+    renderer = build_renderer(tokenizer, template=d.template, enable_thinking=d.enable_thinking)
+    splits, too_long = {}, 0
+    for name, part in (("train", train), ("validation", val)):
+        cols: dict[str, list] = {"prompt_ids": [], "prompt": [], "answer": []}
+        for ex in part:
+            msgs = ex["messages"]
+            last = max(k for k, m in enumerate(msgs) if m["role"] == "assistant")
+            ids = renderer.render_prompt(msgs[:last])
+            if len(ids) + cfg.objective.max_new_tokens > d.max_length:
+                too_long += 1
+                continue
+            cols["prompt_ids"].append(ids)
+            cols["prompt"].append(msgs[last - 1]["content"])
+            cols["answer"].append(str(ex["answer"]))
+        splits[name] = Dataset.from_dict(cols)
+    if not len(splits["train"]):
+        raise DataError(f"{d.name}: no prompt fits data.max_length={d.max_length} with objective.max_new_tokens="
+                        f"{cfg.objective.max_new_tokens} ({too_long} too long)")
+    train_cols = splits["train"].to_dict()
+    key = content_key([content_key(train_cols["prompt_ids"]), content_key(train_cols["answer"]),
+                       _tokenizer_key(tokenizer)])[:24]
+    lengths = [len(p) for p in train_cols["prompt_ids"]]
+    stats = {"source": d.name, "template": renderer.template, "end_of_turn": renderer.eot,
+             "examples_in": n_in, "examples_out": {k: len(v) for k, v in splits.items()},
+             "dropped": {**{k: v for k, v in drops.items() if v}, **({"too_long": too_long} if too_long else {})},
+             "prompt_tokens": sum(lengths), "prompt_length": {"min": min(lengths), "max": max(lengths)},
+             "data_fingerprint": key, "supervised_fraction": None}
+    return PromptSet(splits, stats)
