@@ -1,4 +1,5 @@
-"""Batches from tokenized examples: padding-free packing, or padding with length-grouped batches.
+"""Batches from tokenized examples: padding-free packing, or padding with length-grouped batches; and
+batches of preference pairs (`collate_pairs`, `pair_lengths`) for `stage: dpo`.
 
 Packing puts several examples into one row with position ids restarting at 0 for each example.
 transformers (>= 4.54, incl. 5.x) reads those restarts and builds a block-diagonal causal mask for
@@ -143,3 +144,26 @@ def collate_padded(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any
         labels.append(list(ex["labels"]) + [IGNORE_INDEX] * pad)
         mask.append([1] * len(ex["input_ids"]) + [0] * pad)
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+# -- preference pairs (stage: dpo) --------------------------------------------------------------
+
+def pair_lengths(ds: Any) -> list[int]:
+    """Tokens per pair of a prepared `stage: dpo` split: the longer of its two sides, which is what the
+    pair costs in a batch (`collate_pairs` pads both sides to one width). What a step plan batches by."""
+    import pyarrow.compute as pc
+
+    if not len(ds):
+        return []
+    table = ds.with_format("arrow")[:]
+    chosen, rejected = (pc.list_value_length(table[f"{side}_input_ids"]) for side in ("chosen", "rejected"))
+    return pc.max_element_wise(chosen, rejected).to_pylist()
+
+
+def collate_pairs(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """One right-padded batch of B pairs: rows 0..B-1 the chosen sides, rows B..2B-1 the rejected sides
+    in the same order (so pair i is rows i and B + i), all padded to the widest of the 2B rows; one
+    forward pass scores both. input_ids, labels and attention_mask are [2B, T]."""
+    rows = [{"input_ids": ex[f"{side}_input_ids"], "labels": ex[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for ex in examples]
+    return collate_padded(rows, pad_id)

@@ -18,6 +18,7 @@ Normalisation (`data.normalize`) changes what the model learns from, so it is a 
   (3) a blank line or space before every answer would be learned as a habit. Only the first line's
   indentation is lost. Doing it for every template keeps the cleaned conversations, and so the data
   fingerprint, independent of the tokenizer;
+  A preference pair's `chosen` and `rejected` replies are assistant replies and follow the same rule;
 - `full`: also no-break spaces made plain, trailing spaces of every line removed, runs of blank
   lines collapsed to one, and every message stripped (tunelab's behaviour before `data.normalize`).
 """
@@ -62,20 +63,29 @@ def normalise(example: dict[str, Any], mode: str = "basic") -> dict[str, Any]:
         c = normalise_text(m["content"], mode)
         return c.lstrip() if m["role"] == "assistant" else c  # `basic`'s reply rule (module docstring)
 
-    return {**example, "messages": [{**m, "content": content(m)} for m in example["messages"]]}
+    out = {**example, "messages": [{**m, "content": content(m)} for m in example["messages"]]}
+    for key in ("chosen", "rejected"):  # a pair's replies are assistant replies: the same rule
+        if key in example:
+            out[key] = normalise_text(example[key], mode).lstrip()
+    return out
 
 
 def flat_text(example: dict[str, Any]) -> str:
     if "messages" not in example:
         return example["text"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in example["messages"])
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in example["messages"])
+    if "chosen" in example:  # a pair is a duplicate only with the same prompt AND the same two replies
+        text += f"\nchosen: {example['chosen']}\nrejected: {example['rejected']}"
+    return text
 
 
 def is_empty(example: dict[str, Any]) -> bool:
     if "messages" not in example:
         return not example["text"].strip()
     # whitespace only is empty too: with `data.normalize` none/basic nothing else strips it
-    return any(not m["content"].strip() and m["role"] != "system" for m in example["messages"])
+    replies = [example[k] for k in ("chosen", "rejected") if k in example]
+    return any(not m["content"].strip() and m["role"] != "system" for m in example["messages"]) \
+        or any(not r.strip() for r in replies)
 
 
 def _shingles(text: str, k: int = 5) -> list[bytes]:

@@ -1,9 +1,10 @@
 """Readers that turn one raw data record into a tunelab conversation.
 
 Each supported on-disk format (alpaca, sharegpt, openai, MATH, GSM8K, CMATH, BELLE, raw text, the
-built-in arithmetic generator) has one reader with the same signature:
+built-in arithmetic generator, and the preference-pair layouts `pairs`, `pairs_sharegpt`,
+`pairs_alpaca`) has one reader with the same signature:
 
-    read_X(record, *, columns=None, where="", **options) -> conversation | {"text": str}
+    read_X(record, *, columns=None, where="", **options) -> conversation | pair | {"text": str}
 
 `columns` maps the format's canonical field names to the file's column names (as LLaMA-Factory's
 dataset_info.json does), so one reader serves any file laid out the same way. `where` ("file:line")
@@ -20,7 +21,7 @@ import re
 from typing import Any, Callable
 
 from tunelab.data.answers import final_answer_line, last_boxed, split_hash_answer
-from tunelab.data.conversation import DataError, conversation, message
+from tunelab.data.conversation import DataError, conversation, message, pair
 
 Reader = Callable[..., dict]
 FORMATS: dict[str, Reader] = {}
@@ -103,9 +104,8 @@ def _role(name: Any, where: str, index: int) -> str:
     return role
 
 
-@_register("alpaca", "instruction", "input", "output", "system", "history")
-def read_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
-    r = _Rec(record, columns, where, "alpaca")
+def _alpaca_prompt(r: _Rec, where: str) -> list[dict[str, str]]:
+    """system?, the history's turns, then instruction (+ input) as the last user turn."""
     msgs = []
     if system := r.text("system", required=False):
         msgs.append(message("system", system))
@@ -118,7 +118,13 @@ def read_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: s
                             f"got {pair!r:.80}")
         msgs += [message("user", pair[0]), message("assistant", pair[1])]
     msgs.append(message("user", _join(r.text("instruction"), r.text("input", required=False))))
-    msgs.append(message("assistant", r.text("output")))
+    return msgs
+
+
+@_register("alpaca", "instruction", "input", "output", "system", "history")
+def read_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
+    r = _Rec(record, columns, where, "alpaca")
+    msgs = _alpaca_prompt(r, where) + [message("assistant", r.text("output"))]
     return conversation(msgs, None, **_meta(options))
 
 
@@ -304,6 +310,98 @@ def read_text(record: dict, *, columns: dict[str, str] | None = None, where: str
     return out
 
 
+# -- preference pairs (stage: dpo) ------------------------------------------------------------
+# A pair is the prompt as messages plus the two replies' texts (conversation.pair); every layout below
+# is converted to that, and `conversation.validate_pair` checks it after conversion.
+
+def _reply(value: Any, where: str, col: str) -> str:
+    """One reply's text, given as text, as one assistant message ({role, content} or {from, value}),
+    or as a list holding exactly that message (TRL's conversational layout)."""
+    if isinstance(value, str):
+        return value
+    msgs = _chat([value] if isinstance(value, dict) else value, where, col, "role", "content")
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise DataError(f"{_at(where)}column {col!r} must be one assistant reply (text, a message, or a list of "
+                        f"one assistant message), got roles {[m['role'] for m in msgs]}")
+    return msgs[0]["content"]
+
+
+def _shared_prompt(chosen: list[dict[str, str]], rejected: list[dict[str, str]], where: str) -> tuple[list, str, str]:
+    """TRL's implicit prompt (and UltraFeedback's lists): two whole conversations that agree up to the
+    last reply. Returns (the shared messages, chosen reply, rejected reply)."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if k == len(chosen) == len(rejected) and k:  # identical: validate_pair says so, naming the record
+        k -= 1
+    tails = chosen[k:], rejected[k:]
+    if any(len(t) != 1 or t[0]["role"] != "assistant" for t in tails):
+        raise DataError(f"{_at(where)}'chosen' and 'rejected' must be the same conversation up to their last "
+                        f"assistant reply, but they first differ at message {k} (chosen has {len(chosen)} "
+                        f"messages, rejected {len(rejected)})")
+    return chosen[:k], tails[0][0]["content"], tails[1][0]["content"]
+
+
+@_register("pairs", "prompt", "chosen", "rejected", "system", "answer", "meta")
+def read_pairs(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
+    """TRL's preference layouts and UltraFeedback-binarized:
+    - explicit prompt: `prompt` text or messages, `chosen`/`rejected` texts or one-assistant-message lists;
+    - implicit prompt: `chosen`/`rejected` whole conversations (user ... assistant) sharing everything
+      but the last reply; the shared part is the prompt (a `prompt` text beside them, as UltraFeedback
+      has, repeats their first user turn and is not read)."""
+    r = _Rec(record, columns, where, "pairs")
+    cols = r.column("chosen"), r.column("rejected")
+    sides = [r.get("chosen"), r.get("rejected")]
+    lists = [_chat(v, where, col, "role", "content") if isinstance(v, list) else None for v, col in zip(sides, cols)]
+    if any(ms and any(m["role"] != "assistant" for m in ms) for ms in lists):  # whole conversations
+        if any(ms is None for ms in lists):
+            raise DataError(f"{_at(where)}one of 'chosen'/'rejected' is a whole conversation, the other is not; "
+                            "give both as conversations (implicit prompt) or both as replies")
+        prompt, c, j = _shared_prompt(lists[0], lists[1], where)
+    else:
+        given = r.get("prompt", required=False)
+        if given is None:
+            raise DataError(f"{_at(where)}no prompt: give column {r.column('prompt')!r}, or 'chosen' and "
+                            "'rejected' as whole conversations (TRL's implicit prompt); texts alone cannot be "
+                            "split into prompt and reply")
+        prompt = [message("user", given)] if isinstance(given, str) else \
+            _chat(given, where, r.column("prompt"), "role", "content")
+        c, j = (_reply(v, where, col) for v, col in zip(sides, cols))
+    meta = r.get("meta", required=False)
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    return pair(_with_system(prompt, r.text("system", required=False), where), c, j,
+                r.answer("answer", required=False), **{**meta, **_meta(options)})
+
+
+@_register("pairs_sharegpt", "conversations", "chosen", "rejected", "system")
+def read_pairs_sharegpt(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
+    """LLaMA-Factory's sharegpt ranking layout: `conversations` (the prompt, ending with a human turn)
+    and `chosen`/`rejected`, each one {from: gpt, value} (or {role, content}) message."""
+    r = _Rec(record, columns, where, "pairs_sharegpt")
+    prompt = _chat(r.get("conversations"), where, r.column("conversations"), "from", "value")
+    return pair(_with_system(prompt, r.text("system", required=False), where),
+                _reply(r.get("chosen"), where, r.column("chosen")),
+                _reply(r.get("rejected"), where, r.column("rejected")), None, **_meta(options))
+
+
+@_register("pairs_alpaca", "instruction", "input", "chosen", "rejected", "output", "system", "history")
+def read_pairs_alpaca(record: dict, *, columns: dict[str, str] | None = None, where: str = "", **options) -> dict:
+    """LLaMA-Factory's alpaca ranking layout: instruction (+ input, system, history) and `chosen`/`rejected`
+    texts; or, as its older files have, `output: [chosen, rejected]`."""
+    r = _Rec(record, columns, where, "pairs_alpaca")
+    if r.get("chosen", required=False) is None and r.get("rejected", required=False) is None \
+            and r.get("output", required=False) is not None:
+        output = r.get("output")
+        if not (isinstance(output, list) and len(output) == 2):
+            raise DataError(f"{_at(where)}column {r.column('output')!r} of a pairs_alpaca record must be "
+                            f"[chosen, rejected], got {output!r:.80}")
+        chosen, rejected = (_reply(v, where, r.column("output")) for v in output)
+    else:
+        chosen = _reply(r.get("chosen"), where, r.column("chosen"))
+        rejected = _reply(r.get("rejected"), where, r.column("rejected"))
+    return pair(_alpaca_prompt(r, where), chosen, rejected, None, **_meta(options))
+
+
 def get_reader(name: str) -> Reader:
     try:
         return FORMATS[name]
@@ -317,6 +415,16 @@ def detect(record: Any) -> tuple[str, dict[str, str] | None]:
         raise DataError(f"cannot detect the format of a {type(record).__name__}; records must be JSON objects")
     keys = set(record)
     answer = record.get("answer")
+    if keys & {"chosen", "rejected"}:  # a preference pair (a missing side is the reader's error to name)
+        if "conversations" in keys:
+            return "pairs_sharegpt", None
+        if "messages" in keys and isinstance(record.get("chosen"), dict):  # LLaMA-Factory, openai-style tags
+            return "pairs_sharegpt", {"conversations": "messages"}
+        if "instruction" in keys:
+            return "pairs_alpaca", None
+        return "pairs", None  # TRL prompt/chosen/rejected, implicit prompt, UltraFeedback (its `messages` unread)
+    if "instruction" in keys and isinstance(record.get("output"), list):  # LLaMA-Factory's [chosen, rejected]
+        return "pairs_alpaca", None
     if "messages" in keys:
         return "openai", None
     if "conversations" in keys:

@@ -3,7 +3,8 @@
     tunelab prepare configs/quickstart.yaml data.name=math500 model.name=tiny-qwen3 --output out/math500
 
 Writes `<out>/train` and `<out>/validation` (`datasets.save_to_disk`, columns `input_ids` and
-`labels`), and `<out>/stats.json`. The steps, in order (every drop counted by its reason):
+`labels`; for `stage: dpo` `chosen_input_ids`, `chosen_labels`, `rejected_input_ids`, `rejected_labels`),
+and `<out>/stats.json`. The steps, in order (every drop counted by its reason):
 1. read and convert each record (`sources.iter_conversations`: validated roles, leading assistant
    turns removed and counted); drop records over `max_chars` characters (`too_long_chars`) right
    there, before anything costly (normalising, hashing, deduplicating, tokenizing) touches them;
@@ -14,7 +15,12 @@ Writes `<out>/train` and `<out>/validation` (`datasets.save_to_disk`, columns `i
    cut into pieces of at most `max_length` tokens, nothing dropped and nothing truncated. Packing
    fills rows with pieces and restarts positions at each (`batching.collate_packed`), so no token
    attends across a document boundary; `tokens_in` (documents' tokens with their separators) equals
-   `tokens` (what the saved pieces hold, i.e. what training sees).
+   `tokens` (what the saved pieces hold, i.e. what training sees). Preference pairs (`stage: dpo`):
+   each side is the prompt plus its reply, rendered by the same renderer as SFT with ONLY that reply
+   supervised (whatever `data.supervise` says: DPO scores the reply alone), so both sides share the
+   prompt's ids token for token; a pair is dropped (`too_long`) when either side is over `max_length`,
+   or with `overlong: truncate` both sides are cut to it. Statistics count tokens and supervised tokens
+   of both sides, and lengths of the longer side (what a batch of pairs is padded to).
 
 Tokenized data is cached under `$TUNELAB_HOME/prepared/<key>`, where the key hashes the converted
 conversations (so any change of the input or of the conversion settings changes it), the tokenizer
@@ -36,16 +42,20 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import atomic_dir, home
+from .batching import pair_lengths
 from .clean import NORMALIZE, content_key, dedup, is_empty, normalise, split, validation_count
-from .conversation import DataError, is_text
+from .conversation import DataError, is_pair, is_text
 from .prompts import apply_prompts
 from .render import IGNORE_INDEX, Renderer, build_renderer
 
-CACHE_VERSION = 2  # bump when rendering or cleaning changes what ends up in the cache
+CACHE_VERSION = 3  # bump when rendering or cleaning changes what ends up in the cache (3: stats name the stage)
 # examples; below this, worker start-up costs more than it saves: each worker gets the renderer, whose
 # tokenizer datasets pickles with dill (~10 MB for Qwen3, ~1 s to pickle, ~0.4 s to load), while one
 # process renders ~2,000 examples/s (bench/prepare.py: GSM8K train took 2.4x longer with 2 workers)
 PARALLEL_FROM = 20_000
+
+
+PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 
 
 @dataclass
@@ -61,7 +71,8 @@ class Prepared:
 
         if self.stats.get("examples_out", {}).get(split) == 0:
             ids = Sequence(Value("int64"))
-            return Dataset.from_dict({"input_ids": [], "labels": []}, features=Features(input_ids=ids, labels=ids))
+            cols = PAIR_COLUMNS if self.stats.get("stage") == "dpo" else ("input_ids", "labels")
+            return Dataset.from_dict({c: [] for c in cols}, features=Features({c: ids for c in cols}))
         return load_from_disk(str(self.path / split)).with_format(None)
 
 
@@ -74,7 +85,8 @@ def _tokenizer_key(tok: Any) -> str:
 def _chars(example: dict[str, Any]) -> int:
     if is_text(example):
         return len(example["text"])
-    return sum(len(m["content"]) for m in example["messages"])
+    replies = [example.get(k) or "" for k in ("chosen", "rejected") if k in example]
+    return sum(len(m["content"]) for m in example["messages"]) + sum(len(r) for r in replies if isinstance(r, str))
 
 
 def read_examples(source: str, *, stage: str = "sft", fmt: str = "auto", columns: dict | None = None,
@@ -95,6 +107,13 @@ def read_examples(source: str, *, stage: str = "sft", fmt: str = "auto", columns
         if _chars(ex) > max_chars:
             drops["too_long_chars"] += 1
             continue
+        if stage == "dpo" and not is_pair(ex):
+            raise DataError(f"{where}: stage 'dpo' trains on preference pairs (a prompt with a 'chosen' and a "
+                            "'rejected' reply: formats pairs, pairs_sharegpt, pairs_alpaca) but this record is "
+                            f"{'raw text' if is_text(ex) else 'a conversation without chosen/rejected replies'}")
+        if stage != "dpo" and is_pair(ex):
+            raise DataError(f"{where}: this record is a preference pair (a 'chosen' and a 'rejected' reply); "
+                            f"stage {stage!r} cannot train on it: use stage=dpo")
         if stage == "sft" and is_text(ex):
             raise DataError(f"{where}: stage 'sft' needs conversations but the data is raw text; use stage=pt")
         if stage == "pt" and not is_text(ex):
@@ -144,11 +163,12 @@ def _source_stats(stats: dict[str, dict[str, Any]], parts: dict[str, list[dict]]
         table = ds.with_format("arrow")[:]
         for name, st in stats.items():
             rows = table.filter(pc.equal(table["source"], name))
-            sup = pc.list_flatten(pc.list_slice(rows["labels"], 1))
             st.setdefault("tokens", 0)
             st.setdefault("supervised_tokens", 0)
-            st["tokens"] += int(pc.sum(pc.list_value_length(rows["input_ids"])).as_py() or 0)
-            st["supervised_tokens"] += int(pc.sum(pc.not_equal(sup, IGNORE_INDEX)).as_py() or 0)
+            for side in _sides(ds):
+                sup = pc.list_flatten(pc.list_slice(rows[f"{side}labels"], 1))
+                st["tokens"] += int(pc.sum(pc.list_value_length(rows[f"{side}input_ids"])).as_py() or 0)
+                st["supervised_tokens"] += int(pc.sum(pc.not_equal(sup, IGNORE_INDEX)).as_py() or 0)
     total = sum(st.get("tokens", 0) for st in stats.values()) or 1
     for st in stats.values():
         st["token_share"] = round(st.get("tokens", 0) / total, 4)
@@ -171,6 +191,9 @@ def clean_and_split(examples: list[dict[str, Any]], *, source: str = "", n_in: i
     examples = [normalise(ex, normalize) for ex in examples]
     kept = [ex for ex in examples if not is_empty(ex)]
     drops["empty"] += len(examples) - len(kept)
+    pairs = [ex for ex in kept if not (is_pair(ex) and ex["chosen"] == ex["rejected"])]
+    drops["identical_replies"] += len(kept) - len(pairs)  # differed only in what normalising removed
+    kept = pairs
     kept, dd = dedup(kept, mode=dedup_mode, threshold=near_dup_threshold)
     drops.update(dd)
     if not kept:
@@ -186,6 +209,14 @@ def clean_and_split(examples: list[dict[str, Any]], *, source: str = "", n_in: i
 
 
 def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str, max_length: int) -> dict[str, list]:
+    if stage == "dpo":  # each side: prompt + its reply, one conversation for the one renderer
+        out: dict[str, list] = {"source": batch["source"]}
+        for side in ("chosen", "rejected"):
+            convs = [m + [{"role": "assistant", "content": r}] for m, r in zip(batch["messages"], batch[side])]
+            rendered = renderer.render_many(convs, wheres=batch["where"])
+            out[f"{side}_input_ids"] = [i for i, _ in rendered]
+            out[f"{side}_labels"] = [lab for _, lab in rendered]
+        return out
     if stage != "pt":
         pairs = renderer.render_many(batch["messages"], wheres=batch["where"])
         return {"input_ids": [i for i, _ in pairs], "labels": [lab for _, lab in pairs], "source": batch["source"]}
@@ -204,20 +235,40 @@ def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str, max_le
 
 # Statistics are computed by Arrow on the columns: turning every row into Python lists first took
 # longer than rendering the ids on GSM8K. `with_format("arrow")[:]` honours a select()'s indices.
+def _sides(ds: Any) -> list[str]:
+    """Column prefixes of a prepared split's token rows: "" (input_ids, labels), or both sides of pairs."""
+    return ["chosen_", "rejected_"] if "chosen_input_ids" in ds.column_names else [""]
+
+
 def _lengths(ds: Any) -> list[int]:
+    """Tokens per example; for pairs, of the longer side (what a batch of pairs is padded to)."""
     import pyarrow.compute as pc
 
+    if _sides(ds) != [""]:
+        return pair_lengths(ds)
     return pc.list_value_length(ds.with_format("arrow")[:]["input_ids"]).to_pylist() if len(ds) else []
 
 
-def _supervised(ds: Any) -> int:
-    """Supervised tokens as the loss counts them (`batching.supervised_mask`: labels[1:] of each example)."""
+def _tokens(ds: Any) -> int:
+    """All tokens of a split (both sides of pairs)."""
     import pyarrow.compute as pc
 
     if not len(ds):
         return 0
-    labels = pc.list_slice(ds.with_format("arrow")[:]["labels"], 1)
-    return int(pc.sum(pc.not_equal(pc.list_flatten(labels), IGNORE_INDEX)).as_py() or 0)
+    table = ds.with_format("arrow")[:]
+    return sum(int(pc.sum(pc.list_value_length(table[f"{p}input_ids"])).as_py() or 0) for p in _sides(ds))
+
+
+def _supervised(ds: Any) -> int:
+    """Supervised tokens as the loss counts them (`batching.supervised_mask`: labels[1:] of each row),
+    both replies of pairs."""
+    import pyarrow.compute as pc
+
+    if not len(ds):
+        return 0
+    table = ds.with_format("arrow")[:]
+    return sum(int(pc.sum(pc.not_equal(pc.list_flatten(pc.list_slice(table[f"{p}labels"], 1)), IGNORE_INDEX)).as_py()
+                   or 0) for p in _sides(ds))
 
 
 def _percentiles(values: list[int]) -> dict[str, float]:
@@ -235,15 +286,17 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
     length. Returns (dataset, drops, counts); counts has `documents` and `tokens_in` for `stage: pt`."""
     from datasets import Dataset
 
-    field = "text" if stage == "pt" else "messages"
-    rows = [{field: ex[field], "where": ex.get("where", ""), "source": ex.get("mix_source", "")} for ex in examples]
+    fields = {"pt": ["text"], "dpo": ["messages", "chosen", "rejected"]}.get(stage, ["messages"])
+    rows = [{**{f: ex[f] for f in fields}, "where": ex.get("where", ""), "source": ex.get("mix_source", "")}
+            for ex in examples]
+    columns = PAIR_COLUMNS if stage == "dpo" else ("input_ids", "labels")
     if not rows:
-        return Dataset.from_dict({"input_ids": [], "labels": []}), Counter(), {}
+        return Dataset.from_dict({c: [] for c in columns}), Counter(), {}
     ds = Dataset.from_list(rows)
     procs = num_proc or (min(4, os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1)
     ds = ds.map(_render_batch, batched=True, batch_size=256,
                 fn_kwargs={"renderer": renderer, "stage": stage, "max_length": max_length},
-                remove_columns=[field, "where", "source"], num_proc=procs if procs > 1 else None, desc=desc,
+                remove_columns=[*fields, "where", "source"], num_proc=procs if procs > 1 else None, desc=desc,
                 new_fingerprint=fingerprint)  # given, so datasets does not pickle the tokenizer to hash it
     drops: Counter = Counter()
     if stage == "pt":  # nothing is dropped or cut short: every token of every document is in a piece
@@ -253,7 +306,7 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
         counts = {"documents": int(pc.sum(pc.greater(docs, 0)).as_py() or 0),
                   "tokens_in": int(pc.sum(docs).as_py() or 0)}
         return ds.remove_columns("document_tokens"), drops, counts
-    lengths = _lengths(ds)
+    lengths = _lengths(ds)  # pairs: the longer side, so a pair goes (or is cut) as a whole
     keep = []
     for i, n in enumerate(lengths):
         if n > max_length and overlong == "drop":
@@ -261,10 +314,12 @@ def tokenize_split(examples: list[dict[str, Any]], renderer: Renderer, *, stage:
         else:
             keep.append(i)
     ds = ds.select(keep)
+    columns = [c for c in ds.column_names if c.endswith(("input_ids", "labels"))]
     if any(lengths[i] > max_length for i in keep):  # overlong: truncate, keeping the beginning
-        ds = ds.map(lambda b: {k: [v[:max_length] for v in b[k]] for k in ("input_ids", "labels")}, batched=True,
+        ds = ds.map(lambda b: {k: [v[:max_length] for v in b[k]] for k in columns}, batched=True,
                     desc=f"{desc}: truncating")
-    unsupervised = [i for i, lab in enumerate(ds["labels"]) if all(t == IGNORE_INDEX for t in lab)]
+    label_rows = zip(*(ds[c] for c in columns if c.endswith("labels")))
+    unsupervised = [i for i, labs in enumerate(label_rows) if any(all(t == IGNORE_INDEX for t in lab) for lab in labs)]
     if unsupervised:
         drops["no_supervised_tokens"] += len(unsupervised)
         ds = ds.select(sorted(set(range(len(ds))) - set(unsupervised)))
@@ -315,14 +370,17 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
         examples, n_in, drops, fixes = read_examples(
             source, stage=stage, fmt=fmt, columns=columns, split_name=split_name, limit=limit, n=n, seed=seed,
             gsm8k_boxed=gsm8k_boxed, system_prompt=system_prompt, instruction=instruction, max_chars=max_chars)
-    renderer = build_renderer(tokenizer, template=template, enable_thinking=enable_thinking, supervise=supervise)
+    # DPO scores the reply alone: each side supervises only its last turn, whatever data.supervise says
+    renderer = build_renderer(tokenizer, template=template, enable_thinking=enable_thinking,
+                              supervise="last_turn" if stage == "dpo" else supervise)
     settings = dict(v=CACHE_VERSION, stage=stage, template=renderer.template, eot=renderer.eot,
-                    kwargs=renderer.template_kwargs, supervise=supervise, max_length=max_length,
+                    kwargs=renderer.template_kwargs, supervise=renderer.supervise, max_length=max_length,
                     overlong=overlong, dedup=dedup_mode, thr=near_dup_threshold, val=val_size, seed=seed,
                     normalize=normalize, max_chars=max_chars)
     # What the key hashes: the converted conversations (records over max_chars are already gone, so a
     # huge record is never hashed), the tokenizer and its template, and the settings above.
-    payload = [{k: ex.get(k) for k in ("messages", "text", "mix_source") if k in ex} for ex in examples]
+    payload = [{k: ex.get(k) for k in ("messages", "chosen", "rejected", "text", "mix_source") if k in ex}
+               for ex in examples]
     key = content_key([content_key(payload), _tokenizer_key(tokenizer), settings])[:24]
     cache = home() / "prepared" / key
     if use_cache and (cache / "stats.json").is_file():
@@ -343,6 +401,7 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
         raise DataError(f"{source}: no training example left after filtering ({n_in} in); "
                         f"dropped by reason: {dict(drops) or 'none'}; max_length={max_length}")
     stats = _stats(source, tokenizer, renderer, n_in, drops, out_splits, time.perf_counter() - t0, key)
+    stats["stage"] = stage
     stats["normalize"] = normalize
     if fixes:  # repaired, not dropped: the conversation is kept without the turn
         stats["turns_removed"] = {"leading_assistant": fixes["leading_assistant_turn"]}
@@ -361,7 +420,8 @@ def prepare(*, source: str, tokenizer: Any, stage: str = "sft", fmt: str = "auto
 
 def _stats(source: str, tok: Any, renderer: Renderer, n_in: int, drops: Counter, splits: dict, seconds: float,
            key: str) -> dict[str, Any]:
-    lengths = [n for ds in splits.values() for n in _lengths(ds)]
+    lengths = [n for ds in splits.values() for n in _lengths(ds)]  # pairs: the longer side
+    tokens = sum(_tokens(ds) for ds in splits.values())
     supervised = sum(_supervised(ds) for ds in splits.values())
     return {
         "source": source,
@@ -372,9 +432,9 @@ def _stats(source: str, tok: Any, renderer: Renderer, n_in: int, drops: Counter,
         "examples_in": n_in,
         "examples_out": {name: len(ds) for name, ds in splits.items()},
         "dropped": dict(drops),
-        "tokens": sum(lengths),
+        "tokens": tokens,
         "supervised_tokens": supervised,
-        "supervised_fraction": round(supervised / max(1, sum(lengths)), 4),
+        "supervised_fraction": round(supervised / max(1, tokens), 4),
         "token_length": _percentiles(lengths),
         "prepare_seconds": round(seconds, 2),
         "data_fingerprint": key,  # = cache_key: converted data + tokenizer + every setting that affects tokens

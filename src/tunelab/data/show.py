@@ -32,6 +32,8 @@ def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
     table.add_column("what")
     table.add_column("value")
     table.add_row("examples in", str(s["examples_in"]))
+    if s.get("stage") == "dpo":
+        table.add_row("stage", "dpo: preference pairs (tokens count both sides, lengths the longer side)")
     table.add_row("train / validation", f"{s['examples_out']['train']} / {s['examples_out']['validation']}")
     table.add_row("dropped", ", ".join(f"{k}: {v}" for k, v in s["dropped"].items()) or "none")
     if s.get("turns_removed"):
@@ -47,7 +49,9 @@ def print_prepared(prepared: Any, tokenizer: Any, out: Path) -> None:
     console.print(table)
     ex = prepared.load("train")[0]
     console.print(f"example (supervised part between {OPEN} {CLOSE}, in green):")
-    text = "".join(f"[green]{OPEN}{escape(t)}{CLOSE}[/green]" if sup else escape(t)
-                   for t, sup in marked_example(ex["input_ids"], ex["labels"], tokenizer))
-    console.print(text, highlight=False)
+    sides = ["chosen_", "rejected_"] if "chosen_input_ids" in ex else [""]  # a preference pair: both sides
+    for side in sides:
+        text = "".join(f"[green]{OPEN}{escape(t)}{CLOSE}[/green]" if sup else escape(t)
+                       for t, sup in marked_example(ex[f"{side}input_ids"], ex[f"{side}labels"], tokenizer))
+        console.print(f"[bold]{side.rstrip('_')}:[/bold] " + text if side else text, highlight=False)
     console.print(f"written to {out}")

@@ -1,0 +1,95 @@
+"""arith_pairs: preference pairs made from a model's own wrong answers on arith problems.
+
+    tunelab data pairs --model smollm2-135m-instruct --task arith_en --n 480 --output pairs.jsonl
+
+For each arith problem (generated with the TRAINING seed 0, never the evaluation task's 1234, so the
+pairs never contain an evaluation question) the model is asked exactly as `tunelab eval` asks it
+(`evaluate.run.task_items`: the task's prompt and instruction; `rollout.prompt_ids`; the batched
+`Generator`, greedy), its reply graded with `evaluate.grading.grade`, and a pair kept when the reply
+is WRONG: chosen = the problem's reference solution, rejected = the model's own reply. So the pairs
+say "prefer the worked solution over what you said", on the model's own mistakes (on-policy rejected
+replies, as in the self-play/iterative DPO recipes).
+
+Kept only when the evidence is clean, each skip counted in the sidecar: a reply cut off by
+`max_new_tokens` (no end-of-turn: rendering the pair would append one the model never produced) and
+a reference solution that does not itself grade right (none should; checked rather than assumed).
+
+Writes JSON lines in the `pairs` layout (TRL's conversational prompt/chosen/rejected, plus `answer`
+and `meta`), and `<FILE>.meta.json`: model, task, seed, n, generation settings, template, tunelab's
+commit, library versions, date and the counts (asked, right, wrong, kept, skipped by reason).
+The built-in `arith_pairs` set (`data/builtin/arith_pairs_en.jsonl`) was made this way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def build_pairs(model: str, *, task: str = "arith_en", n: int = 480, seed: int = 0, max_new_tokens: int = 200,
+                batch_size: int = 24) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(pair records, provenance) for `model` on the first `n` problems of `task` drawn with `seed`."""
+    from ..env import environment
+    from ..evaluate.grading import grade
+    from ..evaluate.rollout import make_generator, prompt_ids
+    from ..evaluate.run import EvalSettings, load, task_items
+    from ..evaluate.tasks import get_task
+
+    base = get_task(task)
+    if not base.source.startswith("arith"):
+        raise ValueError(f"task {task!r} is not an arith task; arith pairs need generated problems with solutions")
+    spec = dataclasses.replace(base, n=n, seed=seed)  # the training seed, never the evaluation task's
+    settings = EvalSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)  # greedy
+    loaded = load(model, settings)
+    items = task_items(spec, loaded, settings)
+    gen_settings = settings.generation(spec)
+    outputs = make_generator(loaded).generate([prompt_ids(loaded, it) for it in items], gen_settings)
+    counts: Counter = Counter(asked=len(items))
+    rows = []
+    for i, it in enumerate(items):
+        reply, n_tokens = outputs[(i, 0)]
+        verdict = grade(reply, it.gold)
+        if verdict.correct:
+            counts["right"] += 1
+            continue
+        counts["wrong"] += 1
+        if n_tokens >= max_new_tokens:  # cut off: no end-of-turn of its own
+            counts["skipped_unfinished"] += 1
+        elif not reply.strip():
+            counts["skipped_empty"] += 1
+        elif not grade(it.reference or "", it.gold).correct:
+            counts["skipped_reference_wrong"] += 1
+        else:
+            rows.append({"prompt": it.messages, "chosen": [{"role": "assistant", "content": it.reference}],
+                         "rejected": [{"role": "assistant", "content": reply}], "answer": it.gold,
+                         "meta": {"id": it.id, "extracted": verdict.extracted, "reply_tokens": n_tokens}})
+    counts["kept"] = len(rows)
+    meta = {"made_by": "tunelab.data.arith_pairs.build_pairs", "model": model, "model_identity": loaded.identity,
+            "task": task, "seed": seed, "n": n, "generation": gen_settings.as_dict(),
+            **{k: v for k, v in loaded.describe().items() if k != "model"},
+            "rule": "kept when the model's greedy reply grades wrong and ended by itself: chosen = reference "
+                    "solution, rejected = the model's reply",
+            "counts": dict(counts), "environment": environment()}
+    return rows, meta
+
+
+def write_pairs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> Path:
+    """Write the pairs as JSON lines and the provenance next to them (`<out>.meta.json`); returns the latter."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    side = out.with_name(out.name + ".meta.json")
+    side.write_text(json.dumps({**meta, "file": out.name}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return side
+
+
+def main(args: Any) -> int:
+    """`tunelab data pairs`: build, write, print the counts."""
+    rows, meta = build_pairs(args.model, task=args.task, n=args.n, seed=args.seed,
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    side = write_pairs(rows, meta, Path(args.output))
+    print(json.dumps(meta["counts"]))
+    print(f"wrote {len(rows)} pairs to {args.output} (provenance: {side})")
+    return 0
