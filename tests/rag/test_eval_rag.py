@@ -143,7 +143,7 @@ def test_bad_retrieval_input_is_one_message_before_the_model_loads(kb, test_file
     err = refused("--rag", str(dense), "--rag-encoder", other_tiny_encoder, model="no-such-model")
     assert "was built with encoder" in err and "other-bert" in err and "tiny-bert" in err
     assert "has no dense vectors" in refused("--rag", kb, "--rag-mode", "dense", model="no-such-model")
-    assert "--rag-k must be at least 1" in refused("--rag", kb, "--rag-k", "0", model="no-such-model")
+    assert "--rag-k must be a whole number >= 1, got 0" in refused("--rag", kb, "--rag-k", "0", model="no-such-model")
     assert "--rag with --n-shot" in refused("--rag", kb, "--n-shot", "2", model="no-such-model")
     assert "needs a rollout task asked through the chat template" in refused("--rag", kb, "--no-chat-template",
                                                                             model="no-such-model")

@@ -10,8 +10,10 @@ the same question and index. `exclude` drops the test item itself (by id and nea
 when evaluating; `augmented` also returns what the leakage check dropped. `encoder` (--rag-encoder)
 names the encoder the index must have been built with: another one is refused, as `rag query
 --encoder` does. `check` validates an index without loading any model (before a command starts its
-work). A store is an SQLite connection, which belongs to the thread that opened it: every retrieval
-runs on one thread of this object's own, so a server's worker threads can share it.
+work); `check_settings` is the one check of k, mode, placement and encoder, for the CLI flags and an
+experiment's `evaluation.retrieval` alike (each message names the flag or the YAML key). A store is
+an SQLite connection, which belongs to the thread that opened it: every retrieval runs on one thread
+of this object's own, so a server's worker threads can share it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .augment import augment
 class RagContext:
     def __init__(self, index: str, *, k: int = 3, mode: str | None = None, placement: str = "system",
                  encoder: str | None = None):
-        check_settings(k, placement)
+        check_settings(k, placement, mode, encoder)
         self.index, self.k, self.placement = index, k, placement
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-rag")
         self._retriever = self._pool.submit(self._open, encoder).result()  # a missing index fails here, at start
@@ -80,13 +82,24 @@ def sources(hits: list[Any]) -> list[dict[str, Any]]:
             for n, h in enumerate(hits, 1)]
 
 
-def check_settings(k: int, placement: str) -> None:
+SEARCH_MODES = ("bm25", "dense", "hybrid")  # retrieve.MODES, kept here so that building --help stays light
+FLAGS = {"k": "--rag-k", "mode": "--rag-mode", "placement": "--rag-placement", "encoder": "--rag-encoder"}
+
+
+def check_settings(k: Any = 3, placement: Any = "system", mode: Any = None, encoder: Any = None, *,
+                   names: dict[str, str] = FLAGS) -> None:
+    """The one check of the retrieval settings, for the CLI flags (chat, serve, eval --rag) and an
+    experiment's `evaluation.retrieval` alike: one UserError naming the setting as the caller calls it
+    (`names`: the flag, or the YAML key). The index itself is checked by `check`."""
     from ..errors import UserError
 
-    if placement not in PLACEMENTS:
-        raise UserError(f"--rag-placement '{placement}' is not one of {', '.join(PLACEMENTS)}")
-    if k < 1:
-        raise UserError(f"--rag-k must be at least 1, got {k}")
+    rules = [("k", isinstance(k, int) and not isinstance(k, bool) and k >= 1, "a whole number >= 1", k),
+             ("mode", mode is None or mode in SEARCH_MODES, "bm25, dense or hybrid", mode),
+             ("placement", placement in PLACEMENTS, " or ".join(PLACEMENTS), placement),
+             ("encoder", encoder is None or isinstance(encoder, str), "an encoder name or path", encoder)]
+    for name, ok, expected, value in rules:
+        if not ok:
+            raise UserError(f"{names[name]} must be {expected}, got {value!r}")
 
 
 def check(index: str, *, k: int = 3, mode: str | None = None, placement: str = "system",
@@ -95,7 +108,7 @@ def check(index: str, *, k: int = 3, mode: str | None = None, placement: str = "
     unreadable index, one built with another encoder than `encoder`, a mode it cannot run, bad k or placement."""
     from .retrieve import Retriever
 
-    check_settings(k, placement)
+    check_settings(k, placement, mode, encoder)
     retriever = Retriever(index, encoder=encoder)
     try:
         retriever.check_mode(mode)
@@ -108,7 +121,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--rag", metavar="INDEX", help="retrieve passages from this index (`tunelab rag index`) for "
                                                    "each question and put them in the prompt")
     p.add_argument("--rag-k", type=int, default=3, help="passages per question (default 3)")
-    p.add_argument("--rag-mode", choices=["bm25", "dense", "hybrid"],
+    p.add_argument("--rag-mode", choices=list(SEARCH_MODES),
                    help="retrieval method (default: hybrid when the index has an encoder, else bm25)")
     p.add_argument("--rag-placement", default="system", choices=list(PLACEMENTS),
                    help="the passages as a system message (default) or before the question")
