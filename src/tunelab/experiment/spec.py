@@ -67,8 +67,10 @@ class Retrieval:
 
 
 def retrieval_spec(data: Any, where: str) -> Retrieval:
-    """`evaluation.retrieval` checked at load: keys, types, values, and the index itself (no model loads)."""
-    from ..rag.augment import MODES as PLACEMENTS
+    """`evaluation.retrieval` checked at load: keys, types, values (by the check chat, serve and eval
+    --rag use, naming the YAML keys), and the index itself (no model loads)."""
+    from ..errors import UserError
+    from ..rag.context import FLAGS, check_settings
 
     key = f"{where}: evaluation.retrieval"
     if not isinstance(data, dict):
@@ -79,14 +81,10 @@ def retrieval_spec(data: Any, where: str) -> Retrieval:
         raise C.ConfigError(f"{key}: unknown key(s) {unknown}; known: {', '.join(known)}")
     if not isinstance(data.get("index"), str) or not data["index"]:
         raise C.ConfigError(f"{key}.index must be the path of a `tunelab rag index` folder, got {data.get('index')!r}")
-    checks = {"k": (isinstance(data.get("k", 3), int) and not isinstance(data.get("k"), bool)
-                    and data.get("k", 3) >= 1, "a whole number >= 1"),
-              "mode": (data.get("mode") in (None, "bm25", "dense", "hybrid"), "bm25, dense or hybrid"),
-              "placement": (data.get("placement", "system") in PLACEMENTS, " or ".join(PLACEMENTS)),
-              "encoder": (data.get("encoder") is None or isinstance(data["encoder"], str), "an encoder name or path")}
-    for name, (ok, expected) in checks.items():
-        if not ok:
-            raise C.ConfigError(f"{key}.{name} must be {expected}, got {data[name]!r}")
+    try:
+        check_settings(**{name: data[name] for name in FLAGS if name in data}, names={n: f"{key}.{n}" for n in FLAGS})
+    except UserError as e:
+        raise C.ConfigError(str(e)) from None
     spec = Retrieval(**data)
     _check_index(spec.settings(EvalSettings()), key)
     return spec
