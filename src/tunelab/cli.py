@@ -4,6 +4,7 @@
     tunelab --version                    # tunelab 0.1.0
     tunelab models                       # built-in offline models: installed? cached? size, origin
     tunelab data                         # built-in data sets and where they are found
+    tunelab data pairs --model M --n N --output FILE   # preference pairs from M's wrong arith answers
     tunelab config [CONFIG [k=v ...]]    # every config key and its meaning, or a config resolved and checked
     tunelab prepare CONFIG [k=v ...]     # data -> chat-templated ids + loss masks, cached
     tunelab estimate CONFIG [k=v ...]    # peak memory and step time, before loading weights
@@ -49,10 +50,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    if getattr(args, "data_command", None) == "pairs":
+        from .data.arith_pairs import main as pairs_main
+
+        return pairs_main(args)
     from rich.console import Console
     from rich.table import Table
 
-    from .data.sources import BUILTIN_DATA, find_data_dir
+    from .data.sources import BUILTIN_DATA, PACKAGE_DATA, find_data_dir
 
     root = find_data_dir()
     table = Table(title=f"built-in data sets (data directory: {root or 'not found; set TUNELAB_DATA'})")
@@ -60,7 +65,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         table.add_column(col)
     for name, entry in BUILTIN_DATA.items():
         filename, fmt, desc = entry[0], entry[1], entry[2]
-        found = "generated" if filename is None else ("yes" if root and (root / filename).exists() else "no")
+        found = "generated" if filename is None else "in the package" if (PACKAGE_DATA / filename).exists() else \
+            ("yes" if root and (root / filename).exists() else "no")
         table.add_row(name, fmt, found, desc)
     Console().print(table)
     return 0
@@ -264,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands["models"] = _cmd_models
     p = sub.add_parser("data", help="list the built-in data sets")
     commands["data"] = _cmd_data
+    q = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND").add_parser(
+        "pairs", help="preference pairs from a model's wrong answers on arith problems (chosen: the reference)")
+    q.add_argument("--model", required=True, help="model reference (built-in name, run directory, hub id)")
+    q.add_argument("--task", default="arith_en", help="an arith evaluation task; its problems, drawn with --seed")
+    q.add_argument("--n", type=int, default=480, help="problems to ask")
+    q.add_argument("--seed", type=int, default=0, help="problem seed (default 0: training's, not evaluation's 1234)")
+    q.add_argument("--max-new-tokens", type=int, default=200)
+    q.add_argument("--batch-size", type=int, default=24)
+    q.add_argument("--output", required=True, help="JSON lines file (provenance goes to FILE.meta.json)")
     p = sub.add_parser("config", help="every config key with its meaning, or a config file resolved and checked")
     p.add_argument("config", nargs="?", help="YAML config to resolve and check (omit to list every key)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

@@ -313,3 +313,24 @@ def test_builtin_arith_pairs_are_graded_as_labelled(qwen_tok):
     assert not eval_questions & {ex["messages"][-1]["content"] for ex in pairs}
     p = prepare(source="arith_pairs", tokenizer=qwen_tok, stage="dpo", max_length=512)
     assert sum(p.stats["examples_out"].values()) + sum(p.stats["dropped"].values()) == len(pairs)
+
+
+def test_data_pairs_command_writes_pairs_and_provenance(tmp_path):
+    """`tunelab data pairs` end to end on the tiny random model: whatever it answers, every counted
+    problem is accounted for, a kept pair's rejected reply is the model's and grades wrong."""
+    from tunelab.cli import main
+    from tunelab.evaluate.grading import grade
+
+    out = tmp_path / "p.jsonl"
+    assert main(["data", "pairs", "--model", "tiny-qwen3", "--n", "6", "--max-new-tokens", "6", "--batch-size", "3",
+                 "--output", str(out)]) == 0
+    meta = json.loads((tmp_path / "p.jsonl.meta.json").read_text())
+    c = meta["counts"]
+    assert (meta["task"], meta["seed"], meta["n"], meta["generation"]["max_new_tokens"]) == ("arith_en", 0, 6, 6)
+    assert c["asked"] == 6 and c.get("right", 0) + c["wrong"] == 6
+    assert c["wrong"] == c["kept"] + sum(v for k, v in c.items() if k.startswith("skipped_"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == c["kept"]
+    for r in rows:
+        assert not grade(r["rejected"][0]["content"], r["answer"]).correct
+        assert r["meta"]["reply_tokens"] < 6
