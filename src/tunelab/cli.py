@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs", help="preference pairs from a model's wrong answers on arith problems (chosen: the reference)")
     q.add_argument("--model", required=True, help="model reference (built-in name, run directory, hub id)")
     q.add_argument("--task", default="arith_en", help="an arith evaluation task; its problems, drawn with --seed")
-    q.add_argument("--n", type=int, default=480, help="problems to ask")
+    q.add_argument("--n", type=int, default=330, help="problems to ask")
     q.add_argument("--seed", type=int, default=0, help="problem seed (default 0: training's, not evaluation's 1234)")
     q.add_argument("--max-new-tokens", type=int, default=200)
     q.add_argument("--batch-size", type=int, default=24)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import load_from_disk
 
+from tests.data.test_formats import A, S, U
 from tunelab.data.batching import collate_pairs, pair_lengths
 from tunelab.data.clean import normalise
 from tunelab.data.conversation import DataError, validate_pair
@@ -16,18 +17,6 @@ from tunelab.data.formats import detect, get_reader
 from tunelab.data.prepare import PAIR_COLUMNS, prepare
 from tunelab.data.render import IGNORE_INDEX, build_renderer
 from tunelab.data.sources import load_conversations
-
-
-def U(text):
-    return {"role": "user", "content": text}
-
-
-def A(text):
-    return {"role": "assistant", "content": text}
-
-
-def S(text):
-    return {"role": "system", "content": text}
 
 
 def read(record, **kw):
@@ -303,7 +292,7 @@ def test_builtin_arith_pairs_are_graded_as_labelled(qwen_tok):
     assert meta["generation"]["temperature"] == 0.0 and meta["environment"]["commit"]
     pairs = load_conversations("arith_pairs")
     assert len(pairs) == meta["counts"]["kept"] >= 250
-    assert meta["counts"]["asked"] == meta["counts"]["right"] + meta["counts"]["wrong"]
+    assert meta["counts"]["asked"] == meta["counts"].get("right", 0) + meta["counts"]["wrong"]
     for ex in pairs:
         assert grade(ex["chosen"], ex["answer"]).correct, ex["meta"]["id"]
         assert not grade(ex["rejected"], ex["answer"]).correct, ex["meta"]["id"]
@@ -333,4 +322,5 @@ def test_data_pairs_command_writes_pairs_and_provenance(tmp_path):
     assert len(rows) == c["kept"]
     for r in rows:
         assert not grade(r["rejected"][0]["content"], r["answer"]).correct
-        assert r["meta"]["reply_tokens"] < 6
+        assert r["meta"]["finished"] == (r["meta"]["reply_tokens"] < 6)
+    assert c["kept_unfinished"] == sum(not r["meta"]["finished"] for r in rows)

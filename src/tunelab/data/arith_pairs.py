@@ -1,6 +1,6 @@
 """arith_pairs: preference pairs made from a model's own wrong answers on arith problems.
 
-    tunelab data pairs --model smollm2-135m-instruct --task arith_en --n 480 --output pairs.jsonl
+    tunelab data pairs --model smollm2-135m-instruct --task arith_en --n 330 --output pairs.jsonl
 
 For each arith problem (generated with the TRAINING seed 0, never the evaluation task's 1234, so the
 pairs never contain an evaluation question) the model is asked exactly as `tunelab eval` asks it
@@ -10,9 +10,11 @@ is WRONG: chosen = the problem's reference solution, rejected = the model's own 
 say "prefer the worked solution over what you said", on the model's own mistakes (on-policy rejected
 replies, as in the self-play/iterative DPO recipes).
 
-Kept only when the evidence is clean, each skip counted in the sidecar: a reply cut off by
-`max_new_tokens` (no end-of-turn: rendering the pair would append one the model never produced) and
-a reference solution that does not itself grade right (none should; checked rather than assumed).
+Skipped, each skip counted in the sidecar: an empty reply, and a reference solution that does not
+itself grade right (none should; checked rather than assumed). A reply cut off by `max_new_tokens` is
+kept (rambling without reaching an answer is one of the mistakes to unlearn) and marked
+`meta.finished: false`: rendering appends the end-of-turn the model did not produce, so the rejected
+side's last token is not the model's own; filter on `finished` for the strictly on-policy pairs.
 
 Writes JSON lines in the `pairs` layout (TRL's conversational prompt/chosen/rejected, plus `answer`
 and `meta`), and `<FILE>.meta.json`: model, task, seed, n, generation settings, template, tunelab's
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 
-def build_pairs(model: str, *, task: str = "arith_en", n: int = 480, seed: int = 0, max_new_tokens: int = 200,
+def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int = 0, max_new_tokens: int = 200,
                 batch_size: int = 24) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(pair records, provenance) for `model` on the first `n` problems of `task` drawn with `seed`."""
     from ..env import environment
@@ -55,22 +57,23 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 480, seed: int =
             counts["right"] += 1
             continue
         counts["wrong"] += 1
-        if n_tokens >= max_new_tokens:  # cut off: no end-of-turn of its own
-            counts["skipped_unfinished"] += 1
-        elif not reply.strip():
+        finished = n_tokens < max_new_tokens  # else cut off: no end-of-turn of its own
+        if not reply.strip():
             counts["skipped_empty"] += 1
         elif not grade(it.reference or "", it.gold).correct:
             counts["skipped_reference_wrong"] += 1
         else:
             rows.append({"prompt": it.messages, "chosen": [{"role": "assistant", "content": it.reference}],
                          "rejected": [{"role": "assistant", "content": reply}], "answer": it.gold,
-                         "meta": {"id": it.id, "extracted": verdict.extracted, "reply_tokens": n_tokens}})
+                         "meta": {"id": it.id, "extracted": verdict.extracted, "reply_tokens": n_tokens,
+                                  "finished": finished}})
+            counts["kept_unfinished"] += not finished
     counts["kept"] = len(rows)
     meta = {"made_by": "tunelab.data.arith_pairs.build_pairs", "model": model, "model_identity": loaded.identity,
             "task": task, "seed": seed, "n": n, "generation": gen_settings.as_dict(),
             **{k: v for k, v in loaded.describe().items() if k != "model"},
-            "rule": "kept when the model's greedy reply grades wrong and ended by itself: chosen = reference "
-                    "solution, rejected = the model's reply",
+            "rule": "kept when the model's greedy reply grades wrong (meta.finished: false when max_new_tokens cut "
+                    "it off): chosen = reference solution, rejected = the model's reply",
             "counts": dict(counts), "environment": environment()}
     return rows, meta
 

@@ -410,7 +410,8 @@ def get_reader(name: str) -> Reader:
 
 
 def detect(record: Any) -> tuple[str, dict[str, str] | None]:
-    """Guess (format, column mapping) from a record's keys; the mapping covers known renamed layouts."""
+    """Guess (format, column mapping) from a record's keys; the mapping covers known renamed layouts.
+    A record with `chosen` or `rejected` is a preference pair, whatever else it holds."""
     if not isinstance(record, dict):
         raise DataError(f"cannot detect the format of a {type(record).__name__}; records must be JSON objects")
     keys = set(record)

@@ -297,7 +297,8 @@ def iter_conversations(source: str, /, *, format: str = "auto", columns: dict[st
     format="auto" uses the built-in set's format, else detects it from the first record. `columns`
     overrides the built-in set's column mapping. `options` go to the reader (source, gsm8k_boxed)
     and to generated sets (n, seed); meta `source` defaults to the source string. With `check`,
-    conversations are validated (`conversation.validate`) after their leading assistant turns are
+    conversations are validated (`conversation.validate`; preference pairs with
+    `conversation.validate_pair`) after their leading assistant turns are
     removed (`conversation.drop_leading_replies`), each removal counted in `fixes`
     ("leading_assistant_turn"). `source` is positional-only so that `source=` can still name the data.
     """
