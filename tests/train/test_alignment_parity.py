@@ -113,3 +113,188 @@ def test_grpo_token_loss_closed_form_and_normalisers():
     assert n == 4 and torch.allclose(s, loss.sum())
     s, n = grpo_sum_and_count(loss, seqs, 2, "dr_grpo", max_completion_length=8)
     assert n == 16 and torch.allclose(s, loss.sum())
+
+
+# ---------------------------------------------------------------- parity with TRL 1.16
+# TRL's trainers are built for real (tiny args, no saving, fp32: TRL configs default to bf16 autocast,
+# which would make TRL's numbers differ from any fp32 computation by ~1e-3) around deep copies of
+# tiny-qwen3 (they patch the model's forward), and their own loss functions are called on a
+# collated batch; tunelab computes the same quantities with `token_logps` and the pure functions.
+
+TOL = 1e-5
+IGNORE = -100
+
+
+def _trl_args(config_cls, tmp_path, **kw):
+    return config_cls(output_dir=str(tmp_path / "trl"), report_to="none", save_strategy="no", use_cpu=True,
+                      bf16=False, per_device_train_batch_size=3, **kw)
+
+
+def _close(a, b, tol=TOL):
+    a, b = float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach())
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+@pytest.fixture(scope="module")
+def pairs(qwen_tok):
+    """3 (prompt, chosen, rejected) id triples of different lengths, rendered with Qwen3's template."""
+    tok, end = qwen_tok, qwen_tok.convert_tokens_to_ids("<|im_end|>")
+    rows = [("What is 2+2?", "4.", "It is five, I think."),
+            ("Name a colour.", "Blue is a colour that many people like.", "Seven."),
+            ("Say hi", "Hi!", "No")]
+    out = []
+    for q, c, r in rows:
+        prompt = list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                              tokenize=True)["input_ids"])
+        out.append({"prompt_ids": prompt, "chosen_ids": tok(c)["input_ids"] + [end],
+                    "rejected_ids": tok(r)["input_ids"] + [end]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy_and_ref(tiny_qwen):
+    import copy
+
+    policy = copy.deepcopy(tiny_qwen).eval()
+    ref = copy.deepcopy(tiny_qwen).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a perturbed reference, so rewards and margins are not all zero
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g) * p.abs().mean())
+    return policy, ref
+
+
+def _sums(model, input_ids, labels, attention_mask):
+    from tunelab.models.logps import counts, per_row, token_logps
+
+    out = token_logps(model, input_ids, labels, attention_mask)
+    return per_row(out.logps, out.seqs, out.n_seqs), counts(out.seqs, out.n_seqs), out
+
+
+@pytest.mark.parametrize("loss_type,label_smoothing", [("sigmoid", 0.0), ("ipo", 0.0), ("robust", 0.1)])
+def test_dpo_family_matches_trl_dpotrainer(qwen_tok, pairs, policy_and_ref, tmp_path, loss_type, label_smoothing):
+    """TRL: DPOTrainer(model, ref_model) built on a 1-row dataset; `compute_loss` on the batch of our 3
+    pairs collated by TRL's DataCollatorForPreference; loss and logged rewards read from `_metrics`."""
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    policy, ref = policy_and_ref
+    beta = 0.5
+    args = _trl_args(DPOConfig, tmp_path, loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing)
+    trainer = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=args,
+                         train_dataset=Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}]),
+                         processing_class=qwen_tok)
+    batch = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)(pairs)
+    trainer.model.train()  # TRL logs under 'train' or 'eval' by the model's mode
+    trl_loss = trainer.compute_loss(trainer.model, batch)
+    trl = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE)
+    sums, n_tok, _ = _sums(policy, batch["input_ids"], labels, batch["attention_mask"])
+    with torch.no_grad():
+        ref_sums, _, _ = _sums(ref, batch["input_ids"], labels, batch["attention_mask"])
+    B = len(pairs)
+    out = preference_loss(loss_type, chosen_logps=sums[:B], rejected_logps=sums[B:], chosen_tokens=n_tok[:B],
+                          rejected_tokens=n_tok[B:], ref_chosen_logps=ref_sums[:B], ref_rejected_logps=ref_sums[B:],
+                          beta=beta, label_smoothing=label_smoothing)
+    ours = out.metrics()
+    assert _close(out.loss, trl_loss), (out.loss.item(), trl_loss.item())
+    for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert _close(ours[key], trl[key]), (key, ours[key], trl[key])
+    assert abs(ours["rewards/margins"]) > 1e-3  # the perturbed reference makes the margins non-trivial
+
+
+
+def _paired_batch(pairs, pad_id):
+    """TRL's legacy paired layout (CPO/ORPO `concatenated_forward`): chosen_* and rejected_* rows,
+    right-padded, labels -100 on the prompt and the padding."""
+    from tunelab.data.batching import collate_padded
+
+    out = {}
+    for side in ("chosen", "rejected"):
+        exs = [{"input_ids": p["prompt_ids"] + p[f"{side}_ids"],
+                "labels": [IGNORE] * len(p["prompt_ids"]) + p[f"{side}_ids"]} for p in pairs]
+        b = collate_padded(exs, pad_id=pad_id)
+        out.update({f"{side}_input_ids": b["input_ids"], f"{side}_attention_mask": b["attention_mask"],
+                    f"{side}_labels": b["labels"]})
+    return out
+
+
+def _reference_free_inputs(policy, batch):
+    # the rows TRL's concatenated_inputs builds: chosen then rejected, padded to one width
+    import torch.nn.functional as F
+
+    width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    cat = {k: torch.cat([F.pad(batch[f"chosen_{k}"], (0, width - batch[f"chosen_{k}"].shape[1]), value=v),
+                         F.pad(batch[f"rejected_{k}"], (0, width - batch[f"rejected_{k}"].shape[1]), value=v)])
+           for k, v in (("input_ids", 0), ("attention_mask", 0), ("labels", IGNORE))}
+    sums, n_tok, _ = _sums(policy, cat["input_ids"], cat["labels"], cat["attention_mask"])
+    return cat, sums, n_tok
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_simpo_matches_trl_cpotrainer(qwen_tok, pairs, policy_and_ref, tmp_path, label_smoothing):
+    """TRL: experimental CPOTrainer with loss_type="simpo", cpo_alpha=0 (pure SimPO); its
+    `get_batch_loss_metrics` on our 3 pairs in its paired layout."""
+    import copy
+
+    from datasets import Dataset
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    policy, _ = policy_and_ref
+    tok = qwen_tok
+    args = _trl_args(CPOConfig, tmp_path, loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=0.5,
+                     label_smoothing=label_smoothing)
+    trainer = CPOTrainer(model=copy.deepcopy(policy), args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}]))
+    batch = _paired_batch(pairs, tok.pad_token_id)
+    trl_loss, trl = trainer.get_batch_loss_metrics(trainer.model, batch)
+
+    _, sums, n_tok = _reference_free_inputs(policy, batch)
+    B = len(pairs)
+    out = preference_loss("simpo", chosen_logps=sums[:B], rejected_logps=sums[B:], chosen_tokens=n_tok[:B],
+                          rejected_tokens=n_tok[B:], beta=2.0, simpo_gamma=0.5, label_smoothing=label_smoothing)
+    ours = out.metrics()
+    assert _close(out.loss, trl_loss), (out.loss.item(), trl_loss.item())
+    for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert _close(ours[key], trl[key]), (key, ours[key], trl[key])
+
+
+def test_orpo_matches_trl_orpotrainer(qwen_tok, pairs, policy_and_ref, tmp_path):
+    """TRL: experimental ORPOTrainer's `get_batch_loss_metrics` on our 3 pairs in its paired layout.
+    Its NLL covers every token of the chosen sequences (prompt included), so ours does too here;
+    with one micro-batch, odds_sum / pairs + nll_sum / nll_tokens is TRL's loss."""
+    import copy
+
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from tunelab.models.logps import token_logps
+
+    policy, _ = policy_and_ref
+    tok = qwen_tok
+    beta = 0.25
+    trainer = ORPOTrainer(model=copy.deepcopy(policy), args=_trl_args(ORPOConfig, tmp_path, beta=beta),
+                          processing_class=tok,
+                          train_dataset=Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}]))
+    batch = _paired_batch(pairs, tok.pad_token_id)
+    trl_loss, trl = trainer.get_batch_loss_metrics(trainer.model, batch)
+
+    cat, sums, n_tok = _reference_free_inputs(policy, batch)
+    B = len(pairs)
+    chosen = {k: cat[k][:B] for k in ("input_ids", "attention_mask")}
+    nll = token_logps(policy, chosen["input_ids"], chosen["input_ids"].masked_fill(chosen["attention_mask"] == 0,
+                                                                                   IGNORE), chosen["attention_mask"])
+    terms = dict(chosen_logps=sums[:B], rejected_logps=sums[B:], chosen_tokens=n_tok[:B], rejected_tokens=n_tok[B:])
+    odds_sum, nll_sum = orpo_terms(**terms, nll_logps=nll.logps, beta=beta)
+    loss = odds_sum / B + nll_sum / nll.logps.numel()
+    assert _close(loss, trl_loss), (loss.item(), trl_loss.item())
+    out = preference_loss("orpo", **terms, beta=beta, chosen_nll=nll_sum / nll.logps.numel())
+    assert _close(out.loss, trl_loss)
+    ours = out.metrics()
+    for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
+                "log_odds_ratio", "log_odds_chosen", "nll_loss"):
+        assert _close(ours[key], trl[key]), (key, ours[key], trl[key])
