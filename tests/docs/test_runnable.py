@@ -3,10 +3,12 @@
 A runnable block is an HTML comment `<!-- runnable -->` followed by a ```console block. Lines
 starting with `$ ` are commands (a trailing backslash continues one on the next line); every other
 line is output the command must print, in that order, each matching one whole line of the real output
-(stdout and stderr together); `...` inside a line stands for any text. Blocks of one page run in order
-in one scratch directory (with `configs/` and `experiments/` linked in), with the session's
-TUNELAB_HOME (tests/conftest.py), and must exit 0: a command shown failing ends in `; echo "exit
-status $?"`. Keep each block to tiny-qwen3, tiny data and a few seconds.
+(stdout and stderr together); `...` inside a line stands for any text. The blocks run in the order a
+reader meets them (mkdocs.yml's nav, then top to bottom) in one scratch directory (with `configs/` and
+`experiments/` linked in), so a page may use what an earlier page made (the Train page's `runs/tiny`
+is evaluated and exported later); they use the session's TUNELAB_HOME (tests/conftest.py) and must
+exit 0: a command shown failing ends in `; echo "exit status $?"`. Keep each block to tiny-qwen3,
+tiny data and a few seconds.
 """
 from __future__ import annotations
 
@@ -23,9 +25,24 @@ DOCS = REPO / "docs"
 BLOCK = re.compile(r"<!-- runnable -->\s*\n```console\n(.*?)\n```", re.S)
 
 
+def nav_pages() -> list[str]:
+    """The pages in mkdocs.yml's nav order, then any other page of docs/."""
+    import yaml
+
+    def walk(node) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        items = node.values() if isinstance(node, dict) else node
+        return [page for item in items for page in walk(item)]
+
+    pages = walk(yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+    return pages + sorted(p.name for p in DOCS.glob("*.md") if p.name not in pages)
+
+
 def runnable_blocks() -> list[tuple[str, str]]:
     found = []
-    for md in sorted(DOCS.glob("*.md")):
+    for page in nav_pages():
+        md = DOCS / page
         text = md.read_text(encoding="utf-8")
         for m in BLOCK.finditer(text):
             found.append((f"{md.name}:{text.count(chr(10), 0, m.start()) + 1}", m.group(1)))
@@ -68,26 +85,22 @@ def test_the_docs_have_runnable_blocks():
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory):
-    dirs: dict[str, Path] = {}
-
-    def get(page: str) -> Path:
-        if page not in dirs:
-            d = dirs[page] = tmp_path_factory.mktemp(page.replace(".md", ""))
-            for name in ("configs", "experiments"):
-                (d / name).symlink_to(REPO / name, target_is_directory=True)
-        return dirs[page]
-    return get
+def workdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("docs_runnable")
+    for name in ("configs", "experiments"):
+        (d / name).symlink_to(REPO / name, target_is_directory=True)
+    return d
 
 
 @pytest.mark.parametrize("where, body", runnable_blocks(), ids=[w for w, _ in runnable_blocks()])
-def test_runnable_block(where, body, workdirs, tunelab_home):
+def test_runnable_block(where, body, workdir, tunelab_home):
     commands, expected = parse(body)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TUNELAB_HOME": str(tunelab_home), "COLUMNS": "100", "NO_COLOR": "1", "TQDM_DISABLE": "1"}
-    r = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=workdirs(where.split(":")[0]), env=env,
-                       capture_output=True, text=True, timeout=300)
-    output = r.stdout + r.stderr
+           "TUNELAB_HOME": str(tunelab_home), "COLUMNS": "100", "NO_COLOR": "1", "TQDM_DISABLE": "1",
+           "PYTHONUNBUFFERED": "1"}  # stdout and stderr interleaved as printed
+    r = subprocess.run(["bash", "-c", "\n".join(commands)], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    output = r.stdout
     assert r.returncode == 0, f"{where}: exit status {r.returncode}\n{output[-3000:]}"
-    missing = unmatched(expected, r.stdout + "\n" + r.stderr)
+    missing = unmatched(expected, output)
     assert not missing, f"{where}: lines the docs show that the command did not print: {missing}\n{output[-3000:]}"
