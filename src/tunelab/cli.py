@@ -51,7 +51,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     if getattr(args, "data_command", None) == "pairs":
-        from .data.arith_pairs import main as pairs_main
+        from .evaluate.pairs import main as pairs_main
 
         return pairs_main(args)
     from rich.console import Console

@@ -1,4 +1,4 @@
-"""arith_pairs: preference pairs made from a model's own wrong answers on arith problems.
+"""Preference pairs made from a model's own wrong answers on arith problems (the `arith_pairs` data set).
 
     tunelab data pairs --model smollm2-135m-instruct --task arith_en --n 330 --output pairs.jsonl
 
@@ -19,7 +19,8 @@ side's last token is not the model's own; filter on `finished` for the strictly 
 Writes JSON lines in the `pairs` layout (TRL's conversational prompt/chosen/rejected, plus `answer`
 and `meta`), and `<FILE>.meta.json`: model, task, seed, n, generation settings, template, tunelab's
 commit, library versions, date and the counts (asked, right, wrong, kept, skipped by reason).
-The built-in `arith_pairs` set (`data/builtin/arith_pairs_en.jsonl`) was made this way.
+The built-in `arith_pairs` set (`data/builtin/arith_pairs_en.jsonl`) was made this way. It lives in
+`evaluate` (not `data`) because it is made of graded rollouts: data never imports evaluation.
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
                                   "finished": finished}})
             counts["kept_unfinished"] += not finished
     counts["kept"] = len(rows)
-    meta = {"made_by": "tunelab.data.arith_pairs.build_pairs", "model": model, "model_identity": loaded.identity,
+    meta = {"made_by": "tunelab.evaluate.pairs.build_pairs", "model": model, "model_identity": loaded.identity,
             "task": task, "seed": seed, "n": n, "generation": gen_settings.as_dict(),
             **{k: v for k, v in loaded.describe().items() if k != "model"},
             "rule": "kept when the model's greedy reply grades wrong (meta.finished: false when max_new_tokens cut "
