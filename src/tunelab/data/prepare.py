@@ -233,13 +233,13 @@ def _render_batch(batch: dict[str, list], renderer: Renderer, stage: str, max_le
             "source": sources}
 
 
-# Statistics are computed by Arrow on the columns: turning every row into Python lists first took
-# longer than rendering the ids on GSM8K. `with_format("arrow")[:]` honours a select()'s indices.
 def _sides(ds: Any) -> list[str]:
     """Column prefixes of a prepared split's token rows: "" (input_ids, labels), or both sides of pairs."""
     return ["chosen_", "rejected_"] if "chosen_input_ids" in ds.column_names else [""]
 
 
+# Statistics are computed by Arrow on the columns: turning every row into Python lists first took
+# longer than rendering the ids on GSM8K. `with_format("arrow")[:]` honours a select()'s indices.
 def _lengths(ds: Any) -> list[int]:
     """Tokens per example; for pairs, of the longer side (what a batch of pairs is padded to)."""
     import pyarrow.compute as pc
