@@ -126,8 +126,8 @@ def test_bad_value_exits_2_before_anything_loads(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_every_key_is_documented_and_the_readme_table_is_current():
+def test_every_key_is_documented_and_the_docs_page_is_generated():
     rows = C.describe()
     assert len(rows) > 60 and all(doc for _, _, _, doc in rows), [k for k, _, _, d in rows if not d]
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert C.markdown_table() in readme, "README's config table is stale: paste `tunelab config --markdown`"
+    # docs/config.md is filled with C.markdown_table() when the site is built (docs/hooks.py), never by hand
+    assert "<!-- config-table -->" in (REPO / "docs" / "config.md").read_text(encoding="utf-8")
