@@ -103,9 +103,13 @@ def test_grpo_token_loss_closed_form_and_normalisers():
     assert stats["clip_ratio/high_mean"] == 0.25 and stats["clip_ratio/low_mean"] == 0.25
     assert stats["clip_ratio/region_mean"] == 0.5
     ref = torch.tensor([-1.0, -0.5, -1.0, -1.0])
-    loss_kl, stats = grpo_token_loss(logps, old, adv, ref_logps=ref, kl_coef=0.1)
+    loss_kl, stats = grpo_token_loss(logps, old, adv, epsilon_high=0.28, ref_logps=ref, kl_coef=0.1,
+                                     kl_bias_correction=False)
     d = ref - logps.detach()
     assert torch.allclose(stats["kl"], (d.exp() - d - 1).mean())
+    assert torch.allclose(loss_kl, loss + 0.1 * (d.exp() - d - 1))
+    _, stats = grpo_token_loss(logps, old, adv, ref_logps=ref, kl_coef=0.1)  # weighted by the ratio (TRL default)
+    assert torch.allclose(stats["kl"], ((d.exp() - d - 1) * (logps.detach() - old).exp()).mean())
     seqs = torch.tensor([0, 0, 0, 1])
     s, n = grpo_sum_and_count(loss, seqs, 2, "grpo")
     assert n == 2 and torch.allclose(s, loss[:3].mean() + loss[3])
@@ -298,3 +302,113 @@ def test_orpo_matches_trl_orpotrainer(qwen_tok, pairs, policy_and_ref, tmp_path)
     for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
                 "log_odds_ratio", "log_odds_chosen", "nll_loss"):
         assert _close(ours[key], trl[key]), (key, ours[key], trl[key])
+
+
+REWARDS = [1.0, 0.0, 0.5, 2.0, 3.0, 3.0, 3.0, 3.0]  # the second group has zero spread: advantage 0
+GROUP = 4
+
+
+@pytest.fixture(scope="module")
+def grpo_trainer(qwen_tok, policy_and_ref, tmp_path_factory):
+    """TRL 1.16 GRPOTrainer around a copy of tiny-qwen3 with a reward function that returns REWARDS,
+    sampling at temperature 0.7 (so the scoring temperature is checked too)."""
+    import copy
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    def reward(completions, **kw):
+        return REWARDS[: len(completions)]
+
+    args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), report_to="none", save_strategy="no",
+                      use_cpu=True, bf16=False, per_device_train_batch_size=8, num_generations=GROUP,
+                      max_completion_length=6, temperature=0.7, loss_type="grpo", beta=0.0, epsilon=0.2,
+                      epsilon_high=0.28)
+    trainer = GRPOTrainer(model=copy.deepcopy(policy_and_ref[0]), reward_funcs=reward, args=args,
+                          processing_class=qwen_tok,
+                          train_dataset=Dataset.from_list([{"prompt": "What is 2+2?"}, {"prompt": "Say hi"}]))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we do not run
+    return trainer
+
+
+def test_group_advantages_match_trl_grpotrainer(grpo_trainer):
+    """TRL: `_generate_and_score_completions` (generates with the tiny model, scores with the fixed
+    rewards) for two prompts x 4 generations; its advantages against ours from the same rewards."""
+    from tunelab.train.grpo_math import group_advantages
+
+    batch = [{"prompt": "What is 2+2?"}] * GROUP + [{"prompt": "Say hi"}] * GROUP
+    out = grpo_trainer._generate_and_score_completions(batch)
+    ours = group_advantages(torch.tensor(REWARDS), GROUP, "group")
+    assert torch.allclose(ours, out["advantages"], atol=TOL, rtol=0)
+    assert ours[:GROUP].abs().min() > 0.1 and ours[GROUP:].abs().max() == 0
+
+
+@pytest.mark.parametrize("loss_type,kl_coef,kl_bias_correction", [
+    ("grpo", 0.0, True), ("dapo", 0.0, True), ("dr_grpo", 0.0, True), ("bnpo", 0.0, True),
+    ("grpo", 0.04, True), ("dapo", 0.04, False)])
+def test_grpo_loss_matches_trl_grpotrainer(grpo_trainer, loss_type, kl_coef, kl_bias_correction):
+    """TRL: GRPOTrainer._compute_loss on a hand-made batch (left-padded prompts, right-padded
+    completions of different lengths, advantages, old and reference per-token log-probs made by
+    perturbing the policy's own, so some ratios are clipped on each side); loss, logged stats and
+    gradients. The trainer is built once; `loss_type`, `beta` (the KL coefficient) and
+    `args.use_bias_correction_kl` are set on it per case: they are read only inside `_compute_loss`
+    (a reference model is only needed to *make* ref_per_token_logps, given here)."""
+    from tunelab.models.logps import token_logps
+    from tunelab.train.grpo_math import grpo_sum_and_count, grpo_token_loss
+
+    tr = grpo_trainer
+    tr.loss_type, tr.beta, tr.args.use_bias_correction_kl = loss_type, kl_coef, kl_bias_correction
+    tr._metrics["train"].clear()
+    g = torch.Generator().manual_seed(1)
+    B, P, C = 2 * GROUP, 5, tr.max_completion_length
+    prompt_ids = torch.randint(100, 150000, (B, P), generator=g)
+    prompt_mask = torch.ones(B, P, dtype=torch.long)
+    prompt_mask[GROUP:, :2] = 0  # the second prompt is shorter: left padding
+    completion_ids = torch.randint(100, 150000, (B, C), generator=g)
+    lengths = torch.tensor([6, 3, 5, 1, 6, 2, 4, 6])
+    completion_mask = (torch.arange(C) < lengths[:, None]).long()
+    advantages = torch.tensor([1.2, -0.7, 0.4, -1.5, 0.9, -0.2, 0.0, 0.6])
+
+    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], 1)
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, P:] = completion_ids.masked_fill(completion_mask == 0, IGNORE)
+    model = tr.model
+    ours = token_logps(model, input_ids, labels, attention_mask, temperature=0.7)
+    mask = completion_mask.bool()
+    with torch.no_grad():
+        # old log-probs alternately above and below the policy's: ratios exp(∓0.3..0.9) clip on both sides
+        sign = (-1.0) ** torch.arange(ours.logps.numel())
+        old = ours.logps.detach() + sign * (0.3 + 0.6 * torch.rand(ours.logps.shape, generator=g))
+        ref = ours.logps.detach() + 0.3 * torch.randn(ours.logps.shape, generator=g)
+    as_2d = lambda flat: torch.zeros(B, C).masked_scatter(mask, flat)  # noqa: E731
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "advantages": advantages, "old_per_token_logps": as_2d(old),
+              "ref_per_token_logps": as_2d(ref), "num_items_in_batch": completion_mask.sum()}
+    trl_loss = tr._compute_loss(model, inputs)
+    trl = {k: v[-1] for k, v in tr._metrics["train"].items()}
+
+    per_token, stats = grpo_token_loss(ours.logps, old, advantages[ours.rows], epsilon_low=0.2, epsilon_high=0.28,
+                                       ref_logps=ref, kl_coef=kl_coef,
+                                       kl_bias_correction=kl_bias_correction)
+    total, count = grpo_sum_and_count(per_token, ours.seqs, ours.n_seqs, loss_type, max_completion_length=C)
+    assert _close(total / count, trl_loss), (loss_type, (total / count).item(), trl_loss.item())
+    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean") + (("kl",) if kl_coef else ()):
+        assert _close(stats[key], trl[key]), (key, stats[key], trl[key])
+    assert stats["clip_ratio/low_mean"] > 0 and stats["clip_ratio/high_mean"] > 0
+    # and the gradients agree
+    model.zero_grad()
+    trl_loss.backward()
+    g_trl = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    ours = token_logps(model, input_ids, labels, attention_mask, temperature=0.7)
+    per_token, _ = grpo_token_loss(ours.logps, old, advantages[ours.rows], epsilon_low=0.2, epsilon_high=0.28,
+                                   ref_logps=ref, kl_coef=kl_coef,
+                                       kl_bias_correction=kl_bias_correction)
+    total, count = grpo_sum_and_count(per_token, ours.seqs, ours.n_seqs, loss_type, max_completion_length=C)
+    (total / count).backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, g_trl[n], atol=1e-6, rtol=1e-4), n
+    model.zero_grad()

@@ -60,16 +60,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str 
 
 def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages_per_token: torch.Tensor, *,
                     epsilon_low: float = 0.2, epsilon_high: float | None = None, delta: float | None = None,
-                    ref_logps: torch.Tensor | None = None, kl_coef: float = 0.0
+                    ref_logps: torch.Tensor | None = None, kl_coef: float = 0.0, kl_bias_correction: bool = True
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token GRPO loss (same shape as `logps`) and detached token-mean stats.
 
     ratio = exp(logps − old_logps); loss = −min(ratio·A, clip(ratio, 1−ε_low, 1+ε_high)·A)
     (with `delta`, the unclipped ratio is also capped at delta: two-sided clipping, INTELLECT-2),
-    plus kl_coef · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator of KL(π‖π_ref).
+    plus kl_coef · (exp(ref − logp) − (ref − logp) − 1), the k3 estimator of KL(π‖π_ref), multiplied
+    by the (differentiable, unclipped) ratio when `kl_bias_correction` (TRL 1.16's default
+    `use_bias_correction_kl=True`, DeepSeek-V3.2: the unbiased reverse-KL gradient off-policy; it
+    changes the gradient even on-policy, where the ratio's value is 1).
     ε_high defaults to ε_low. Stats as TRL logs them: clip_ratio/low_mean (ratio < 1−ε_low where
     A < 0), clip_ratio/high_mean (ratio > 1+ε_high where A > 0), clip_ratio/region_mean (either),
-    and kl (when kl_coef > 0), each a mean over the given tokens."""
+    and kl (when kl_coef > 0, after the correction, as TRL logs it), each a mean over the given tokens."""
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
@@ -85,6 +88,8 @@ def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages_per
             raise ValueError("kl_coef > 0 needs ref_logps")
         d = ref_logps - logps
         kl = torch.exp(d) - d - 1
+        if kl_bias_correction:
+            kl = kl * ratio
         loss = loss + kl_coef * kl
         stats["kl"] = kl.detach().mean()
     return loss, stats
