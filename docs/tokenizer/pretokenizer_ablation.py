@@ -3,8 +3,8 @@
     .venv/bin/python docs/tokenizer/pretokenizer_ablation.py   # ~1 min on 2 cores -> pretokenizer_ablation.md
 
 Trains byte-level BPE (8,192 and 32,768 tokens, min_frequency 2) on the corpus of
-docs/drafts/tokenizer.md and measures characters per token on the held-out sources `tunelab tokenizer
-compare` used there, and counts vocabulary entries that mix Han characters with Latin letters or
+the example in docs/scratch.md ("Tokenizers") and measures characters per token on the held-out sources
+`tunelab tokenizer compare` used there, and counts vocabulary entries that mix Han characters with Latin letters or
 digits. Only the Split regex before the byte-level step changes; variants are edits of tunelab's PATTERN.
 """
 from __future__ import annotations

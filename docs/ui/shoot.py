@@ -1,4 +1,4 @@
-"""The README's pictures of the board, taken from the quickstart study that `make demo` leaves in runs/.
+"""The pictures of the board in docs/board.md, taken from the quickstart study that `make demo` leaves in runs/.
 
     make demo && .venv/bin/python docs/ui/shoot.py            # writes docs/ui/{board,compare,chat}.png
 
