@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="every config key with its meaning, or a config file resolved and checked")
     p.add_argument("config", nargs="?", help="YAML config to resolve and check (omit to list every key)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    p.add_argument("--markdown", action="store_true", help="the key table as Markdown (the docs' config reference, docs/config.md)")
+    p.add_argument("--markdown", action="store_true",
+                   help="the key table as Markdown (the docs' config reference, docs/config.md)")
     commands["config"] = _cmd_config
     p = sub.add_parser("prepare", help="render a data set into token ids and loss masks (train/validation)")
     _add_config_args(p)
