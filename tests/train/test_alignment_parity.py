@@ -129,6 +129,17 @@ TOL = 1e-5
 IGNORE = -100
 
 
+@pytest.fixture(autouse=True)
+def _no_dataset_hashing(monkeypatch):
+    """TRL's trainers `map` their dataset with the tokenizer as an argument; `datasets` fingerprints
+    that by pickling Qwen3's 151,669-token tokenizer (~15 s a map on this CPU). A random fingerprint
+    changes nothing here (nothing is cached between tests)."""
+    import datasets.arrow_dataset as ad
+    from datasets.fingerprint import generate_random_fingerprint
+
+    monkeypatch.setattr(ad, "update_fingerprint", lambda *a, **k: generate_random_fingerprint())
+
+
 def _trl_args(config_cls, tmp_path, **kw):
     return config_cls(output_dir=str(tmp_path / "trl"), report_to="none", save_strategy="no", use_cpu=True,
                       bf16=False, per_device_train_batch_size=3, **kw)
