@@ -3,8 +3,6 @@ entropies and gradients, for padded and packed batches and chunk sizes that do n
 per-sequence sums follow rows (padded) or packed examples."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -12,15 +10,7 @@ from tunelab.data.batching import collate_packed, collate_padded
 from tunelab.data.render import IGNORE_INDEX
 from tunelab.models.logps import counts, per_row, token_logps
 
-
-def _examples(n=5, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        ids = [rng.randrange(10, 151000) for _ in range(rng.randint(6, 30))]
-        k = rng.randint(1, len(ids) - 2)
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * k + ids[k:]})
-    return out
+from .test_loss import _examples, _grads  # the same random examples as the loss test
 
 
 def _plain(model, batch, temperature=1.0):
@@ -33,17 +23,12 @@ def _plain(model, batch, temperature=1.0):
     return tok, ent.detach()
 
 
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 @pytest.mark.parametrize("chunk", [7, 1024])
 def test_token_logps_equal_plain_values_and_grads(tiny_qwen, layout, chunk):
     model = tiny_qwen.train()
     exs = _examples()
     batch = collate_padded(exs, pad_id=0) if layout == "padded" else collate_packed([exs[:3], exs[3:]], pad_id=0)
-    weights = None
     try:
         model.zero_grad()
         ref, ref_ent = _plain(model, batch, temperature=0.7)
