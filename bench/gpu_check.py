@@ -167,7 +167,7 @@ def child_rollout(spec: dict[str, Any]) -> dict[str, Any]:
     """Greedy batched generation of the first N GSM8K test questions, timed after a short warm-up."""
     import torch
 
-    from tunelab.evaluate.generate import GenerationSettings, Generator
+    from tunelab.models.generate import GenerationSettings, Generator
     from tunelab.evaluate.tasks import TASKS
     from tunelab.memory import peak_memory_mb, reset_peak
     from tunelab.models.loaded import Loaded

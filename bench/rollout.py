@@ -77,7 +77,7 @@ def cut(row: list[int], stop_ids: list[int], pad_id: int) -> list[int]:
 
 
 def run_tunelab(s: dict[str, Any]) -> dict[str, Any]:
-    from tunelab.evaluate.generate import GenerationSettings, Generator
+    from tunelab.models.generate import GenerationSettings, Generator
     from tunelab.models.loaded import Loaded
 
     loaded = Loaded(s["model"])  # load_model(..., dtype="auto") = fp32, as `tunelab eval`
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         harness.emit(child(json.loads(args.child)))
         return 0
-    from tunelab.evaluate.generate import GenerationSettings
+    from tunelab.models.generate import GenerationSettings
 
     sizes = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else [GenerationSettings().batch_size]
     base = {"model": args.model, "questions": args.questions, "max_new_tokens": args.max_new_tokens}

@@ -94,7 +94,7 @@ def test_final_answer_line_is_the_gold_of_belle_school_math():
 def test_belle_math_gold_and_prediction_read_alike():
     """The grader (evaluate/grading.py, DEFAULT_EXTRACTORS) reads a prediction's `答案：` line as the
     reader read the gold one: BELLE school_math is graded by exact match."""
-    from tunelab.evaluate.grading import grade
+    from tunelab.data.grading import grade
 
     conv = read_belle_math({"instruction": "题目：小明有5个苹果，妈妈又给了他3个，他一共有几个苹果？", "input": "",
                             "output": "\n小明原来有5个苹果，妈妈又给了3个，5+3=8（个）。\n答案：8个。"})

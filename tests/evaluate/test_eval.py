@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tests.conftest import REPO
 from tunelab.cli import main
 from tunelab.errors import ConfigError
-from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generate import GenerationSettings, Generator
 from tunelab.models.generation import stop_token_ids
 from tunelab.models.loaded import Loaded
 from tunelab.evaluate.tasks import TASKS, get_task

@@ -13,7 +13,7 @@ from tests.conftest import shared_data
 from tunelab.cli import main
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluate.fewshot import GSM8K_COT, MINERVA_MATH, chat_prompt, exemplars, plain_prompt
-from tunelab.evaluate.generate import cut_at_stop
+from tunelab.models.generate import cut_at_stop
 from tunelab.evaluate.review import read_review
 from tunelab.evaluate.run import EvalSettings
 from tunelab.evaluate.scores import spread, within_spread

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunelab.evaluate.grading import (
+from tunelab.data.grading import (
     Verdict,
     grade,
     gsm8k_verdicts,

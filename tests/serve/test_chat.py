@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.serve.conftest import env
-from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generate import GenerationSettings, Generator
 from tunelab.models.generation import stop_token_ids
 from tunelab.models.loaded import Loaded
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunelab.evaluate.generate import GenerationSettings, Generator
+from tunelab.models.generate import GenerationSettings, Generator
 from tunelab.models.generation import stop_token_ids
 from tunelab.models.loaded import Loaded
 from tunelab.serve.engine import Engine, ReplyText, Sampling

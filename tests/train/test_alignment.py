@@ -214,3 +214,56 @@ def test_rewards_are_the_evaluation_grader():
     assert REWARDS["correct"](completions, ["7"] * 4, [""] * 4) == [1.0, 1.0, 0.0, 0.0]
     assert REWARDS["boxed"](completions, ["7"] * 4, [""] * 4) == [1.0, 0.0, 1.0, 0.0]
     assert REWARDS["correct"](["\\boxed{\\frac{1}{2}}", "答案：0.5"], ["0.5", "1/2"], ["", ""]) == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# experiments: sft -> sft+dpo -> sft+grpo, evaluated alike, one report
+
+@pytest.mark.slow
+def test_experiment_sft_then_dpo_and_grpo(tmp_path, pairs, reward_file):
+    import yaml
+
+    from tunelab.cli import main
+    from tunelab.experiment import spec as S
+    from tunelab.experiment.run import run
+    from tunelab.models.load import identity
+
+    common = {"model.name": "tiny-qwen3", "data.name": "arith_en", "data.n": 16, "data.val_size": 4,
+              "data.max_length": 128, "method.lora_r": 4, "training.max_steps": 2, "training.batch_size": 2,
+              "training.log_every": 1, "training.eval_every": 1, "training.save_every": 0}
+    variants = {"sft": {},
+                "sft+dpo": {"from": "sft", "stage": "dpo", "data.name": str(pairs)},
+                "sft+grpo": {"from": "sft", "stage": "grpo", "objective.num_generations": 2,
+                             "objective.max_new_tokens": 8, "objective.reward_fn": f"{reward_file}:short"}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"base": {}, "overrides": common, "variants": variants,
+                                    "output": str(tmp_path / "study"),
+                                    "evaluation": {"tasks": ["arith_en"], "limit": 2, "max_new_tokens": 4,
+                                                   "batch_size": 2}}, sort_keys=False))
+    exp = S.load(path)
+    study = tmp_path / "study"
+    assert exp.parents == {"sft+dpo": "sft", "sft+grpo": "sft"}
+    assert exp.variants["sft+dpo"].model.name == str(study / "runs" / "sft") and exp.base_model == "tiny-qwen3"
+    with pytest.raises(C.ConfigError, match=r"variant 'x': from: 'later' must name a variant listed before it"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({"base": {}, "overrides": common, "variants": {"x": {"from": "later"},
+                                                                                    "later": {}}}, sort_keys=False))
+        S.load(bad)
+
+    status = run(exp)
+    assert status == {"sft": "trained", "sft+dpo": "trained", "sft+grpo": "trained"}, status
+    # each alignment run starts from the SFT run (its adapter merged), and says so in its fingerprint
+    for name in ("sft+dpo", "sft+grpo"):
+        fp = json.loads((study / "runs" / name / "fingerprint.json").read_text())
+        assert fp["model"] == identity(str(study / "runs" / "sft"))
+        res = json.loads((study / "eval" / name / "arith_en" / "results.json").read_text())
+        assert res["n"] == 2
+    assert run(exp) == {"sft": "done earlier", "sft+dpo": "done earlier", "sft+grpo": "done earlier"}
+
+    assert main(["report", str(study)]) == 0
+    md = (study / "report.md").read_text()
+    assert "## Preference tuning" in md and "## GRPO" in md and "![GRPO rollouts](grpo.png)" in md
+    assert (study / "dpo.png").stat().st_size > 1000 and (study / "grpo.png").stat().st_size > 1000
+    dpo_row = next(line for line in md.splitlines() if line.startswith("| sft+dpo |") and "->" in line)
+    first = json.loads((study / "runs/sft+dpo/metrics.jsonl").read_text().splitlines()[0])
+    assert f"{first['loss']:.3f} ->" in dpo_row

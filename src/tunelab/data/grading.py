@@ -17,7 +17,7 @@ Decisions on ambiguous cases (each is tested in tests/evaluate/test_grading.py):
 - Units: English and Chinese units are dropped only when they follow a number, `}` or `)`, so a
   bare "m" (a variable) survives. "x = 3" becomes "3" only when the left side is one variable.
 
-Run: `python -c "from tunelab.evaluate.grading import grade; print(grade('The answer is 0.5.', '1/2'))"`.
+Run: `python -c "from tunelab.data.grading import grade; print(grade('The answer is 0.5.', '1/2'))"`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Callable
 
-from ..data.answers import EXTRACTORS, choice_letter, extract_hash_answer
+from .answers import EXTRACTORS, choice_letter, extract_hash_answer
 
 # ---------------------------------------------------------------- normalise
 

@@ -21,7 +21,15 @@ def load_model_config(name: str, *, trust_remote_code: bool = False, revision: s
     from ..errors import ModelNotFoundError
     from ..models.load import resolve
 
+    from .. import rundir
+
     ref = resolve(name)
+    seen = 0
+    while ref.kind == "local" and rundir.is_adapter(ref.path) and seen < 8:  # an adapter run: its base's shape
+        base = rundir.adapter_base(ref.path)
+        if base is None:
+            break
+        ref, seen = resolve(base), seen + 1
     try:
         return AutoConfig.from_pretrained(ref.path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:
@@ -56,13 +64,16 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
     stored = checkpoint_dtype(model_config)
     load_dtype = "float32" if cfg.model.dtype == "auto" else cfg.model.dtype
     mapped = not cfg.model.from_scratch and stored == load_dtype
-    return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size,
+    # a unit of the step plan is one example for sft/pt, but two rows for a dpo pair (chosen and
+    # rejected, one forward) and num_generations rows for a grpo prompt
+    rows_per_unit = {"dpo": 2, "grpo": cfg.objective.num_generations}.get(cfg.stage, 1)
+    return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size * rows_per_unit,
                     seq_len=seq_len or d.max_length, supervised_fraction=supervised_fraction,
                     grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
                     lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
                     quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,
                     freeze_trainable_layers=m.freeze_trainable_layers, attention=cfg.model.attn_implementation,
-                    weights_dtype=cfg.model.dtype, packing=d.packing, grad_accum=t.grad_accum, vocab_size=vocab,
+                    weights_dtype=cfg.model.dtype, packing=d.packing and cfg.stage in ("sft", "pt"), grad_accum=t.grad_accum, vocab_size=vocab,
                     nproc=nproc, strategy=strategy, checkpoint_mapped=mapped)
 
 

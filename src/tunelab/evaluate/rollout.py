@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .generate import GenerationSettings
+from ..models.generate import GenerationSettings
 from .review import write_review
 from .scorers import get_scorer
 from .tasks import Item, Task
@@ -52,7 +52,7 @@ def make_generator(loaded: Any, backend: str = "hf", stop_strings: list[str] = (
         from .vllm_backend import VllmGenerator
 
         return VllmGenerator(loaded.path, loaded.meta, loaded.tokenizer, loaded.stop_ids, dtype=loaded.dtype)
-    from .generate import Generator
+    from ..models.generate import Generator
 
     return Generator(loaded.model, loaded.tokenizer, loaded.stop_ids, stop_strings=list(stop_strings))
 

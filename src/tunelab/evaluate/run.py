@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError, OutputExistsError
-from .generate import GenerationSettings
+from ..models.generate import GenerationSettings
 from .tasks import Item, Task, get_task
 
 BACKENDS = ("hf", "vllm")

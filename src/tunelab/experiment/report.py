@@ -6,7 +6,11 @@ self-contained `report.html` (images embedded) and the PNG charts beside them:
 - `loss_train.png`: training loss vs step, all variants in one chart;
 - `loss_val.png`: validation loss vs step;
 - `data_scale.png`: score and final validation loss against training-set size, when variants
-  differ in data size.
+  differ in data size;
+- alignment stages: `dpo.png` (reward margin and preference accuracy vs step, train and validation)
+  and `grpo.png` (mean reward and accuracy of the rollouts vs step), with a table of each run's first
+  and last values. Loss charts hold the sft/pt runs only: a DPO or GRPO loss is not a token
+  cross-entropy and would share no scale with them.
 Evaluations run with different settings (generation settings, template, n) are flagged in the
 report instead of being compared silently.
 """
@@ -77,6 +81,10 @@ def environment_rows(runs: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _stage(r: dict[str, Any]) -> str:
+    return (r.get("config") or {}).get("stage") or "sft"
+
+
 def _plot_loss(runs: dict[str, dict[str, Any]], split: str, path: Path) -> bool:
     import matplotlib
 
@@ -86,6 +94,8 @@ def _plot_loss(runs: dict[str, dict[str, Any]], split: str, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     drawn = False
     for name, r in runs.items():
+        if _stage(r) not in ("sft", "pt"):
+            continue  # alignment losses have their own charts
         pts = [(m["step"], m["loss"]) for m in r["metrics"] if m.get("split") == split]
         if pts:
             ax.plot(*zip(*pts), marker="o" if split == "val" else None, markersize=3, label=name)
@@ -100,6 +110,66 @@ def _plot_loss(runs: dict[str, dict[str, Any]], split: str, path: Path) -> bool:
         fig.savefig(path)
     plt.close(fig)
     return drawn
+
+
+# stage -> (chart file, [(metric, axis title)], table metrics); metrics as metrics.jsonl names them
+ALIGNMENT = {
+    "dpo": ("dpo.png", [("rewards/margins", "reward margin (chosen - rejected)"),
+                        ("rewards/accuracy", "preference accuracy (chosen > rejected)")],
+            ["loss", "rewards/margins", "rewards/accuracy", "rewards/chosen", "rewards/rejected"]),
+    "grpo": ("grpo.png", [("reward", "mean reward of the rollouts"), ("accuracy", "rollout accuracy (correct)")],
+             ["reward", "accuracy", "completion_length", "kl", "entropy"]),
+}
+
+
+def _plot_alignment(runs: dict[str, dict[str, Any]], stage: str, path: Path) -> bool:
+    """Each metric of the stage vs step in its own panel: training (lines) and validation (markers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, panels, _ = ALIGNMENT[stage]
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4), dpi=120)
+    drawn = False
+    for ax, (key, label) in zip(axes, panels):
+        for name, r in runs.items():
+            if _stage(r) != stage:
+                continue
+            for split, style in (("train", {}), ("val", {"marker": "o", "linestyle": "--"})):
+                pts = [(m["step"], m[key]) for m in r["metrics"] if m.get("split") == split and key in m]
+                if pts:
+                    ax.plot(*zip(*pts), label=f"{name} ({split})", markersize=3, **style)
+                    drawn = True
+        ax.set_xlabel("optimizer step")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    if drawn:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
+def alignment_rows(runs: dict[str, dict[str, Any]], stage: str) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): each run of `stage`, its first and last logged value of each metric (train)."""
+    keys = ALIGNMENT[stage][2]
+    rows = []
+    for name, r in runs.items():
+        rows_train = [m for m in r["metrics"] if m.get("split") == "train"]
+        if _stage(r) != stage or not rows_train:
+            continue
+        val = [m for m in r["metrics"] if m.get("split") == "val"]
+        cells = [name]
+        for k in keys:
+            first, last = rows_train[0].get(k), rows_train[-1].get(k)
+            cells.append(f"{_fmt(first, 3)} -> {_fmt(last, 3)}")
+        if stage == "dpo":
+            cells.append(_fmt(val[-1].get("rewards/accuracy"), 3) if val else "-")
+        rows.append(cells)
+    cols = ["variant", *(f"{k} (first -> last step)" for k in keys)] + (["val accuracy"] if stage == "dpo" else [])
+    return cols, rows
 
 
 def _plot_scale(rows: list[tuple[int, float | None, float | None]], path: Path, task: str | None) -> None:
@@ -311,6 +381,9 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
         charts.append(("Training loss", "loss_train.png"))
     if _plot_loss(runs, "val", out / "loss_val.png"):
         charts.append(("Validation loss", "loss_val.png"))
+    for stage, (png, _, _) in ALIGNMENT.items():
+        if _plot_alignment(runs, stage, out / png):
+            charts.append(({"dpo": "Preference tuning (DPO family)", "grpo": "GRPO rollouts"}[stage], png))
     series = _scale_series(runs)
     if series:
         task = next(iter(sorted({t for per in evals.values() for t in per})), None)
@@ -326,6 +399,16 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
     prompt_cols, prompt_rows = prompting_table(evals)
     notes = seed_notes(evals)
     extras = extra_tables(evals)
+    for stage, how in (("dpo", "Training metrics logged each step (metrics.jsonl): the loss, the implicit rewards "
+                               "beta * (log pi - log pi_ref) of the chosen and rejected replies, their margin, and "
+                               "the share of pairs whose chosen reply gets the higher reward; the last column on the "
+                               "held-out pairs."),
+                       ("grpo", "Rollout metrics logged each step: the mean total reward of the sampled completions, "
+                                "the share graded correct, their length in tokens, the KL to the reference (0 "
+                                "without objective.kl_coef) and the policy's entropy.")):
+        cols, rows = alignment_rows(runs, stage)
+        if rows:
+            extras.append(({"dpo": "Preference tuning", "grpo": "GRPO"}[stage], cols, rows, how))
     title = title or f"tunelab report: {out.name}"
 
     md = [f"# {title}", ""]

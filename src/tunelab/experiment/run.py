@@ -83,7 +83,20 @@ def variant_action(exp: Experiment, name: str) -> tuple[str, str]:
                           "them: move them away, or change the experiment's output")
     changes = rundir.config_changes(C.to_dict(saved), C.to_dict(cfg))
     if (run_dir / rundir.SUMMARY).is_file():
-        return ("stale", rundir.describe_changes(changes)) if changes else ("done", "")
+        if changes:
+            return "stale", rundir.describe_changes(changes)
+        parent = exp.parents.get(name)
+        if parent and (run_dir / rundir.FINGERPRINT).is_file():  # the same config, but a retrained start
+            from ..errors import ModelNotFoundError
+            from ..models.load import identity
+
+            try:
+                now = identity(cfg.model.name)
+            except ModelNotFoundError:
+                now = None  # the start is being (re)trained in this run
+            if (rundir.read_fingerprint(run_dir) or {}).get("model") != now:
+                return "stale", f"variant {parent}, which it starts from, was trained again since"
+        return "done", ""
     if (run_dir / rundir.CHECKPOINTS).is_dir() and any((run_dir / rundir.CHECKPOINTS).iterdir()):
         unsafe = rundir.unsafe_on_resume(changes)
         return ("stale", rundir.describe_changes(unsafe)) if unsafe else ("resume", "")
@@ -221,10 +234,20 @@ def run(exp: Experiment, *, only: list[str] | None = None, rerun: list[str] = ()
     running: dict[Any, tuple[str, subprocess.Popen]] = {}
     queue = list(todo)
     while queue or running:
-        for slot in slots:  # start a job on every free device
-            if slot not in running and queue:
-                label = queue.pop(0)
+        for slot in slots:  # start a job on every free device; a variant `from` another waits for it
+            if slot in running:
+                continue
+            busy = {lab for lab, _ in running.values()}
+            ready = [lab for lab in queue if exp.parents.get(lab) not in busy | set(queue)]
+            for label in ready:
+                parent = exp.parents.get(label)
+                if parent and status.get(parent, "").startswith("failed"):
+                    queue.remove(label)
+                    status[label] = f"failed: variant {parent}, which it starts from, failed"
+                    continue
+                queue.remove(label)
                 running[slot] = (label, _spawn(exp, label, rerun, slot))
+                break
         time.sleep(0.2)
         for slot, (label, proc) in list(running.items()):
             if proc.poll() is not None:

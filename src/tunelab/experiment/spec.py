@@ -34,6 +34,16 @@ whatever `n_shot` says; multiple-choice, perplexity and efficiency tasks are not
 
 Every variant's overrides are checked against the config schema before anything runs: a key that
 is not a config key is an error naming the key and the variant.
+
+A variant may start from another's trained model (`from: NAME`, an earlier variant): its
+`model.name` is that variant's run directory, and it trains after it. This is how alignment is
+compared with the SFT it starts from (an SFT LoRA is merged into the base before the next stage's
+adapter goes on; with DPO that merged model is also the reference):
+
+    variants:
+      sft: {stage: sft}
+      sft+dpo: {from: sft, stage: dpo, data.name: arith_pairs}
+      sft+grpo: {from: sft, stage: grpo, data.name: arith_en}
 """
 from __future__ import annotations
 
@@ -172,6 +182,7 @@ class Experiment:
     overrides: dict[str, dict[str, Any]]  # variant -> its own overrides (for the report)
     evaluation: EvalSpec
     base_model: str
+    parents: dict[str, str] = field(default_factory=dict)  # variant -> the variant whose model it starts from
 
 
 def load(path: str | Path) -> Experiment:
@@ -195,10 +206,22 @@ def load(path: str | Path) -> Experiment:
         raise C.ConfigError(f"{path}: an experiment needs at least one variant under 'variants'")
     output = Path(spec.get("output") or f"runs/{path.stem}")
     variants: dict[str, C.Config] = {}
+    parents: dict[str, str] = {}
     for name, over in variants_spec.items():
         over = over or {}
         if not isinstance(over, dict):
             raise C.ConfigError(f"{path}: variant '{name}' must be a mapping of config keys to values")
+        over = dict(over)
+        if "from" in over:
+            parent = over.pop("from")
+            if parent not in variants:
+                raise C.ConfigError(f"{path}: variant '{name}': from: {parent!r} must name a variant listed before "
+                                    f"it (listed before: {', '.join(variants) or 'none'})")
+            if "model.name" in over:
+                raise C.ConfigError(f"{path}: variant '{name}': 'from' and 'model.name' both say which model it "
+                                    "starts from; keep one")
+            parents[name] = parent
+            over["model.name"] = str(output / "runs" / parent)
         tree = yaml.safe_load(yaml.safe_dump(base))  # a deep copy
         try:
             for key, value in {**common, **over}.items():
@@ -216,4 +239,4 @@ def load(path: str | Path) -> Experiment:
     first = next(iter(variants.values()))
     return Experiment(name=spec.get("name") or path.stem, path=path, output=output, variants=variants,
                       overrides={k: dict(v or {}) for k, v in variants_spec.items()}, evaluation=evaluation,
-                      base_model=first.model.name)
+                      base_model=first.model.name, parents=parents)

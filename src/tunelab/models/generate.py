@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from ..models.generation import decode_reply, generate_kwargs, pad_token_id
+from .generation import decode_reply, generate_kwargs, pad_token_id
 
 
 @dataclass

@@ -266,8 +266,16 @@ def _load_adapter(path: Path, **kwargs: Any) -> Any:
     q = rundir.quantization(path)
     if q and "quantization_config" not in kwargs:  # a QLoRA adapter is used on the 4-bit base it was trained on
         kwargs["quantization_config"] = quantization_config(**q)
+    if is_adapter_ref(base_ref):  # trained on another run's adapter (sft -> dpo): that one merged is its base
+        return PeftModel.from_pretrained(load_merged(resolve(base_ref).path), str(path))
     base = load_model(base_ref, **kwargs)
     return PeftModel.from_pretrained(base, str(path))
+
+
+def is_adapter_ref(ref: str) -> bool:
+    """A local model directory (or run directory) that holds a PEFT adapter."""
+    r = resolve(ref)
+    return r.kind == "local" and rundir.is_adapter(r.path)
 
 
 def load_merged(model_path: str | Path, *, dtype: str = "float32") -> Any:
@@ -293,6 +301,8 @@ def load_merged(model_path: str | Path, *, dtype: str = "float32") -> Any:
         base = load_model(base_ref, dtype="float32",
                           quantization_config=quantization_config(**{**q, "compute_dtype": "float32"}))
         base = base.dequantize().float()
+    elif is_adapter_ref(base_ref):  # an adapter trained on another run's adapter: merged in turn
+        base = load_merged(resolve(base_ref).path)
     else:
         base = load_model(base_ref, dtype="float32")
     return PeftModel.from_pretrained(base, str(path)).merge_and_unload()

@@ -4,7 +4,7 @@
     module = objective.wrap(model)   # forward(**batch) -> (summed token losses, normaliser)
 
 A step's units are prompts. For each micro-batch `collate` samples `num_generations` completions of
-every prompt with the one batched generation engine evaluation uses (evaluate/generate.py
+every prompt with the one batched generation engine evaluation uses (models/generate.py
 `Generator`, the same prompts as `tunelab eval` renders, the same stop tokens), scores them with the
 reward functions (train/rewards.py; `correct` is the evaluation grader), and turns the rewards into
 group-normalised advantages (train/grpo_math.py). The batch is prompt + completion rows whose labels
@@ -70,7 +70,7 @@ class GRPO(Objective):
 
     def rollout(self, prompts: list[list[int]]) -> list[tuple[str, int, list[int]]]:
         """`num_generations` sampled completions of each prompt, grouped: prompt i's are i*G .. i*G+G-1."""
-        from ..evaluate.generate import GenerationSettings, Generator
+        from ..models.generate import GenerationSettings, Generator
 
         expanded = [p for p in prompts for _ in range(self.G)]
         gen = Generator(self.model, self.tokenizer, self.stop_ids)

@@ -94,7 +94,7 @@ def qlora_settings(method: C.MethodConfig, mixed: str) -> dict[str, Any] | None:
 def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: Any, device: str,
                    local_rank: int) -> Any:
     """The model of `cfg`, made trainable by its method (a PeftModel for the LoRA family)."""
-    from ..models.load import fit_vocabulary, load_model, quantization_config
+    from ..models.load import fit_vocabulary, is_adapter_ref, load_merged, load_model, quantization_config, resolve
     from .methods import apply_method
 
     kwargs: dict[str, Any] = {}
@@ -102,10 +102,18 @@ def load_trainable(cfg: C.Config, quant: dict[str, Any] | None, *, tokenizer: An
         kwargs["quantization_config"] = quantization_config(**quant)
         if device == "cuda":
             kwargs["device_map"] = {"": local_rank}
-    model = load_model(cfg.model.name, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                       trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
-                       from_scratch=cfg.model.from_scratch, arch=dataclasses.asdict(cfg.model.arch),
-                       seed=cfg.training.seed, **kwargs)
+    if is_adapter_ref(cfg.model.name) and not cfg.model.from_scratch:
+        # a run whose model is an adapter (an SFT LoRA, before DPO or GRPO): its adapter merged into the base
+        # is the model this run starts from (and, adapters off, its reference); this run's adapter goes on top
+        if quant:
+            raise C.ConfigError(f"model.name {cfg.model.name} is a LoRA run; method qlora needs a plain model to "
+                                "quantize: use method lora on it, or export it merged first (tunelab export)")
+        model = load_merged(resolve(cfg.model.name).path)
+    else:
+        model = load_model(cfg.model.name, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                           trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
+                           from_scratch=cfg.model.from_scratch, arch=dataclasses.asdict(cfg.model.arch),
+                           seed=cfg.training.seed, **kwargs)
     # from scratch with another tokenizer: the embedding takes the tokenizer's vocabulary; a pretrained
     # model whose vocabulary is smaller than its tokenizer's is refused (its new rows would be random)
     fit_vocabulary(model, tokenizer, from_scratch=cfg.model.from_scratch, own_tokenizer=not cfg.model.tokenizer)

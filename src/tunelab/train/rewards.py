@@ -5,7 +5,7 @@
     total = fn.total(per_fn)                             # weighted sum per completion
 
 Every reward is `reward(completions, answers, prompts) -> list of numbers`, one per completion.
-`correct` is the evaluation grader itself (evaluate/grading.py `grade`: `\\boxed{}`, "The answer is",
+`correct` is the evaluation grader itself (data/grading.py `grade`: `\\boxed{}`, "The answer is",
 `#### N`, "答案：", the last number, compared by mathematical equality), so the reward a model is
 trained on is the accuracy it is evaluated on. `boxed` rewards the format alone: a final answer in
 `\\boxed{}`. A user's function is loaded only from a local `.py` file named in the config
@@ -28,7 +28,7 @@ Reward = Callable[[list[str], list[str], list[str]], list[float]]
 
 def correct(completions: list[str], answers: list[str], prompts: list[str]) -> list[float]:
     """1 when the task's grader finds the completion's final answer equal to the reference, else 0."""
-    from ..evaluate.grading import grade
+    from ..data.grading import grade
 
     return [1.0 if grade(c, a).correct else 0.0 for c, a in zip(completions, answers)]
 

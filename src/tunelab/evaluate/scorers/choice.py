@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..grading import grade
+from ...data.grading import grade
 from .base import AccuracyScorer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..grading import gsm8k_verdicts
+from ...data.grading import gsm8k_verdicts
 from .base import AccuracyScorer
 
 
