@@ -77,11 +77,10 @@ def chunked_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _seqs(keep: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+def _seqs(keep: torch.Tensor, rows: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     """Sequence index of each scored position: its row, or its packed example (a new one at every
     position id 0, counted row-major; position p is scored for the token at p+1, which belongs to the
     example of p+1, the same as p's since packed examples start with an unscored token)."""
-    rows = keep.nonzero()[:, 0]
     if position_ids is None:
         return rows, keep.shape[0]
     starts = position_ids == 0
@@ -98,8 +97,8 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
     base = _base(model)
     keep = supervised_mask(labels)
     targets = labels[:, 1:][keep]
-    seqs, n_seqs = _seqs(keep, position_ids)
     rows = keep.nonzero()[:, 0]
+    seqs, n_seqs = _seqs(keep, rows, position_ids)
     cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own logits
