@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-new-tokens", type=int, default=200)
     q.add_argument("--batch-size", type=int, default=24)
     q.add_argument("--output", required=True, help="JSON lines file (provenance goes to FILE.meta.json)")
+    q.add_argument("--cache", help="replies as they come, so a stopped run continues (default FILE.replies.jsonl)")
     p = sub.add_parser("config", help="every config key with its meaning, or a config file resolved and checked")
     p.add_argument("config", nargs="?", help="YAML config to resolve and check (omit to list every key)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")

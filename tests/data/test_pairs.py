@@ -304,7 +304,7 @@ def test_builtin_arith_pairs_are_graded_as_labelled(qwen_tok):
     assert sum(p.stats["examples_out"].values()) + sum(p.stats["dropped"].values()) == len(pairs)
 
 
-def test_data_pairs_command_writes_pairs_and_provenance(tmp_path):
+def test_data_pairs_command_writes_pairs_and_provenance(tmp_path, capsys):
     """`tunelab data pairs` end to end on the tiny random model: whatever it answers, every counted
     problem is accounted for, a kept pair's rejected reply is the model's and grades wrong."""
     from tunelab.cli import main
@@ -324,3 +324,13 @@ def test_data_pairs_command_writes_pairs_and_provenance(tmp_path):
         assert not grade(r["rejected"][0]["content"], r["answer"]).correct
         assert r["meta"]["finished"] == (r["meta"]["reply_tokens"] < 6)
     assert c["kept_unfinished"] == sum(not r["meta"]["finished"] for r in rows)
+    # the replies were kept as they came: a rerun asks nothing again and writes the same pairs
+    cache = [json.loads(line) for line in (tmp_path / "p.jsonl.replies.jsonl").read_text().splitlines()]
+    assert cache[0]["header"]["generation"]["max_new_tokens"] == 6 and len(cache) == 7
+    first = out.read_text()
+    assert main(["data", "pairs", "--model", "tiny-qwen3", "--n", "6", "--max-new-tokens", "6", "--batch-size", "3",
+                 "--output", str(out)]) == 0
+    assert out.read_text() == first and len((tmp_path / "p.jsonl.replies.jsonl").read_text().splitlines()) == 7
+    capsys.readouterr()
+    assert main(["data", "pairs", "--model", "tiny-qwen3", "--n", "6", "--max-new-tokens", "7", "--output", str(out)]) == 2
+    assert "p.jsonl.replies.jsonl holds replies made with other settings" in capsys.readouterr().err

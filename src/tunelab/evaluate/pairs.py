@@ -26,19 +26,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+
+
+def replies(loaded: Any, items: list[Any], settings: Any, cache: Path | None = None,
+            header: dict[str, Any] | None = None) -> dict[str, tuple[str, int]]:
+    """{item id: (greedy reply, tokens generated)}. Asked one batch of items at a time in item order; with
+    `cache`, each batch is appended there as it finishes (after a header line naming the model and the
+    settings) and items already there are not asked again, so a stopped run continues where it stopped
+    and the items done are always a prefix (on a busy CPU a few hundred replies take most of an hour)."""
+    from .rollout import make_generator, prompt_ids, read_rows
+
+    header = json.loads(json.dumps({"header": header or {}}, default=str))
+    done: dict[str, tuple[str, int]] = {}
+    if cache is not None and cache.exists():
+        rows = read_rows(cache)
+        if rows and rows[0] != header:
+            raise DataError(f"{cache} holds replies made with other settings ({rows[0]}, now {header}); "
+                            "delete it or pass another cache file")
+        done = {r["id"]: (r["reply"], r["tokens"]) for r in rows[1:]}
+    elif cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(header) + "\n", encoding="utf-8")
+    gen = make_generator(loaded)
+    todo = [it for it in items if it.id not in done]
+    for k in range(0, len(todo), settings.batch_size):
+        batch = todo[k:k + settings.batch_size]
+        out = gen.generate([prompt_ids(loaded, it) for it in batch], settings, progress=False)
+        new = {it.id: out[(i, 0)] for i, it in enumerate(batch)}
+        if cache is not None:
+            with cache.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"id": i, "reply": r, "tokens": t}, ensure_ascii=False) + "\n"
+                             for i, (r, t) in new.items())
+        done.update(new)
+        print(f"[tunelab] {len(done)}/{len(items)} asked", flush=True)
+    return done
+
 
 def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int = 0, max_new_tokens: int = 200,
-                batch_size: int = 24) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(pair records, provenance) for `model` on the first `n` problems of `task` drawn with `seed`."""
+                batch_size: int = 24, cache: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(pair records, provenance) for `model` on the first `n` problems of `task` drawn with `seed`;
+    `cache` keeps the replies as they come (see `replies`)."""
     from ..env import environment
-    from ..evaluate.grading import grade
-    from ..evaluate.rollout import make_generator, prompt_ids
-    from ..evaluate.run import EvalSettings, load, task_items
-    from ..evaluate.tasks import get_task
+    from .grading import grade
+    from .run import EvalSettings, load, task_items
+    from .tasks import get_task
 
     base = get_task(task)
     if not base.source.startswith("arith"):
@@ -48,11 +83,15 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
     loaded = load(model, settings)
     items = task_items(spec, loaded, settings)
     gen_settings = settings.generation(spec)
-    outputs = make_generator(loaded).generate([prompt_ids(loaded, it) for it in items], gen_settings)
-    counts: Counter = Counter(asked=len(items))
+    outputs = replies(loaded, items, gen_settings, cache,
+                      {"model": model, "model_identity": loaded.identity, "task": task, "seed": seed,
+                       "generation": gen_settings.as_dict()})
+    counts = dict.fromkeys(("asked", "right", "wrong", "skipped_empty", "skipped_reference_wrong", "kept",
+                            "kept_unfinished"), 0)
+    counts["asked"] = len(items)
     rows = []
     for i, it in enumerate(items):
-        reply, n_tokens = outputs[(i, 0)]
+        reply, n_tokens = outputs[it.id]
         verdict = grade(reply, it.gold)
         if verdict.correct:
             counts["right"] += 1
@@ -75,7 +114,7 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
             **{k: v for k, v in loaded.describe().items() if k != "model"},
             "rule": "kept when the model's greedy reply grades wrong (meta.finished: false when max_new_tokens cut "
                     "it off): chosen = reference solution, rejected = the model's reply",
-            "counts": dict(counts), "environment": environment()}
+            "counts": counts, "environment": environment()}
     return rows, meta
 
 
@@ -91,8 +130,9 @@ def write_pairs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> 
 
 def main(args: Any) -> int:
     """`tunelab data pairs`: build, write, print the counts."""
+    cache = Path(args.cache or f"{args.output}.replies.jsonl")
     rows, meta = build_pairs(args.model, task=args.task, n=args.n, seed=args.seed,
-                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, cache=cache)
     side = write_pairs(rows, meta, Path(args.output))
     print(json.dumps(meta["counts"]))
     print(f"wrote {len(rows)} pairs to {args.output} (provenance: {side})")
