@@ -77,7 +77,7 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
 
     base = get_task(task)
     if not base.source.startswith("arith"):
-        raise ValueError(f"task {task!r} is not an arith task; arith pairs need generated problems with solutions")
+        raise DataError(f"task {task!r} is not an arith task; arith pairs need generated problems with solutions")
     spec = dataclasses.replace(base, n=n, seed=seed)  # the training seed, never the evaluation task's
     settings = EvalSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)  # greedy
     loaded = load(model, settings)
@@ -90,7 +90,7 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
                             "kept_unfinished"), 0)
     counts["asked"] = len(items)
     rows = []
-    for i, it in enumerate(items):
+    for it in items:
         reply, n_tokens = outputs[it.id]
         verdict = grade(reply, it.gold)
         if verdict.correct:
