@@ -15,15 +15,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def fake_run(run: Path, *, steps: int = 6, finished: bool = True, checkpoint: int | None = None,
-             error: str | None = None) -> Path:
+             error: str | None = None, stage: str = "sft") -> Path:
     """A run directory with the files `tunelab train` writes (config, metrics, summary, marker)."""
     from tunelab import config as C
     from tunelab.paths import mark
 
     run.mkdir(parents=True)
     mark(run, "run")
-    C.save(C.load(None, ["model.name=tiny-qwen3", f"output.dir={run}", f"training.max_steps={steps}"]),
-           run / "config.yaml")
+    C.save(C.load(None, ["model.name=tiny-qwen3", f"output.dir={run}", f"training.max_steps={steps}",
+                         f"stage={stage}"]), run / "config.yaml")
     rows = []
     for s in range(1, steps + 1):
         rows.append({"step": s, "epoch": s / steps, "split": "train", "loss": 3.0 - 0.1 * s, "lr": 1e-3,
@@ -34,13 +34,55 @@ def fake_run(run: Path, *, steps: int = 6, finished: bool = True, checkpoint: in
                          "peak_mem_mb": 100.0 + s, "elapsed_s": float(s)})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if finished:
-        (run / "summary.json").write_text(json.dumps({"method": "lora", "optimizer": "adamw", "steps": steps,
-                                                      "best_val_loss": 2.5, "peak_mem_mb": 106.0,
+        (run / "summary.json").write_text(json.dumps({"method": "lora", "optimizer": "adamw", "stage": stage,
+                                                      "steps": steps, "best_val_loss": 2.5, "peak_mem_mb": 106.0,
+                                                      "peak_mem_kind": "cpu_peak_rss", "trainable_params": 1000,
                                                       "train_time_s": 6.0}))
     if checkpoint is not None:
         (run / "checkpoints" / f"step-{checkpoint:06d}").mkdir(parents=True)
     if error:
         (run / "error.txt").write_text(error + "\n\nTraceback ...\n")
+    return run
+
+
+def dpo_row(step: int, split: str) -> dict:
+    """The preference metrics a DPO run logs beside the loss (train and validation rows), made up per step."""
+    margin = 0.05 * step - (0.01 if split == "val" else 0.0)
+    return {"rewards/chosen": round(margin / 2, 6), "rewards/rejected": round(-margin / 2, 6),
+            "rewards/margins": round(margin, 6), "rewards/accuracy": min(1.0, 0.25 * step),
+            "logps/chosen": -90.0 + step, "logps/rejected": -95.0 - step}
+
+
+def grpo_row(step: int) -> dict:
+    """The rollout metrics a GRPO run logs each training step, made up per step."""
+    correct, boxed = round(0.125 * step, 6), min(1.0, 0.25 * step)
+    return {"reward": round(correct + 0.2 * boxed, 6), "reward_std": 0.3, "rewards/correct": correct,
+            "rewards/boxed": boxed, "accuracy": correct, "completion_length": 40.0 - step, "truncated": 0.5 / step,
+            "rollout_s": 2.0, "kl": 0.0, "entropy": 2.0 - 0.1 * step, "clip_ratio/low": 0.0,
+            "clip_ratio/high": 0.01 * step, "clip_ratio/region": 0.01 * step}
+
+
+def grpo_sample(step: int) -> dict:
+    """One line of samples.jsonl: a prompt, its answer, its completions with their rewards."""
+    texts = [f"step {step}: 2+{step} is \\boxed{{{2 + step}}}", f"step {step}: I think it is {step}",
+             "long " * 200 + f"(step {step})", f"<b>step {step}</b> is not HTML"]
+    rewards = [(1.0, 1.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)]
+    return {"step": step, "prompt": f"What is 2+{step}? Put the answer in \\boxed{{}}.", "answer": str(2 + step),
+            "completions": [{"text": t, "reward": c + 0.2 * b, "correct": c, "boxed": b}
+                            for t, (c, b) in zip(texts, rewards)]}
+
+
+def fake_alignment_run(run: Path, stage: str, *, steps: int = 6, finished: bool = True) -> Path:
+    """A run of stage dpo (validation every third step) or grpo (samples.jsonl every second step), its
+    metrics.jsonl rows carrying what train/dpo.py and train/grpo.py log."""
+    fake_run(run, steps=steps, finished=finished, stage=stage)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if stage == "grpo":
+        rows = [{**r, **grpo_row(r["step"])} for r in rows if r["split"] == "train"]  # GRPO has no validation
+        (run / "samples.jsonl").write_text("".join(json.dumps(grpo_sample(s)) + "\n" for s in range(2, steps + 1, 2)))
+    else:
+        rows = [{**r, **dpo_row(r["step"], r["split"])} for r in rows]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
 

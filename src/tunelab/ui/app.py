@@ -2,7 +2,9 @@
 
     GET  /api/board                       runs, experiments, sweeps, evaluations, jobs, with status
     GET  /api/run?id=                     a run's page: config, summary, data stats, evals, job log
-    GET  /api/metrics?id=&after=N         metrics.jsonl rows from the N-th on (live curves poll this)
+    GET  /api/metrics?id=&after=N         metrics.jsonl rows from the N-th on, the charts to draw of them
+                                          (by stage), the number of samples (live curves poll this)
+    GET  /api/samples?id=&limit=N         a GRPO run's newest samples.jsonl rows, newest first
     GET  /api/example?id=                 the first training example, supervised part marked
     GET  /api/predictions?id=&wrong=1     an evaluation's predictions, optionally the wrong ones only
     GET  /api/compare?ids=a,b             the report's tables and the loss curves of several runs
@@ -153,9 +155,20 @@ def build_app(roots: Roots, *, api_key: str | None = None, host: str = "127.0.0.
     @app.get("/api/metrics")
     async def metrics(id: str, after: int = 0) -> Any:
         path, job = existing(id)
-        rows = scanner.metrics(path)
-        rec = await run_in_threadpool(scanner.run_record, path, None, job)
-        return {"rows": rows[max(0, after):], "total": len(rows), "status": rec["status"], "detail": rec["detail"]}
+
+        def read() -> dict[str, Any]:
+            rows = scanner.metrics(path)
+            rec = scanner.run_record(path, None, job)
+            return {"rows": rows[max(0, after):], "total": len(rows), "status": rec["status"], "detail": rec["detail"],
+                    "stage": rec["stage"], "charts": views.charts(rec["stage"], scanner.metric_keys(path)),
+                    "samples": len(scanner.samples(path))}
+
+        return await run_in_threadpool(read)
+
+    @app.get("/api/samples")
+    async def samples(id: str, limit: int = 20) -> Any:
+        path, _ = existing(id)
+        return await run_in_threadpool(views.samples, scanner, path, limit=min(max(1, limit), 200))
 
     @app.get("/api/example")
     async def example(id: str) -> Any:

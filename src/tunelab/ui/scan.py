@@ -108,6 +108,20 @@ class Scanner:
         f = self.roots.file(d, rundir.METRICS)
         return self.cache.get(f, lambda p: rundir.read_metrics(d), "rows") or []
 
+    def metric_keys(self, d: Path) -> set[str]:
+        """Every key some row of metrics.jsonl carries (which curves a run has)."""
+        f = self.roots.file(d, rundir.METRICS)
+        return self.cache.get(f, lambda p: {k for row in self.metrics(d) for k in row}, "keys") or set()
+
+    def samples(self, d: Path) -> list[dict[str, Any]]:
+        """The rows of samples.jsonl (stage grpo: completions of one prompt every objective.sample_every
+        steps), read by `rundir.read_rows`, only when the file lies inside the roots."""
+        return self.cache.get(self.roots.file(d, rundir.SAMPLES), rundir.read_rows, "rows") or []
+
+    def stage(self, d: Path) -> str:
+        """sft, pt, dpo or grpo: the config's `stage` (a config written before stages existed is sft)."""
+        return self.config(d).get("stage") or (self.json(d, rundir.SUMMARY) or {}).get("stage") or "sft"
+
     def error(self, d: Path) -> str | None:
         return rundir.read_error(d) if self.roots.file(d, rundir.ERROR) else None
 
@@ -203,7 +217,7 @@ class Scanner:
         mix = [m.get("name") for m in data.get("mix") or [] if isinstance(m, dict)]
         model_dir = d / rundir.MODEL
         rec = {"id": self.roots.id_of(d), "label": self.roots.label(d), "name": d.name, "parent": parent,
-               "method": summary.get("method") or (cfg.get("method") or {}).get("name"),
+               "stage": self.stage(d), "method": summary.get("method") or (cfg.get("method") or {}).get("name"),
                "model": summary.get("model") or (cfg.get("model") or {}).get("name"),
                "data": " + ".join(mix) if mix else data.get("name"),
                "step": summary.get("steps", digest["step"]),

@@ -1,5 +1,8 @@
 """What a run's page and the comparison show, computed by the code that computes it elsewhere.
 
+- a run's curves: which metrics of `metrics.jsonl` each chart draws, by the run's stage (the preference
+  curves of a DPO run, the rewards of a GRPO run, next to the loss); the page draws them from the rows;
+- a GRPO run's samples: the newest rows of `samples.jsonl`;
 - the data example: `data.show.marked_example` on the first prepared training example (the prepared
   data set in tunelab's cache, found by the run's `data_fingerprint`) with the run's tokenizer, as
   `tunelab prepare` prints it;
@@ -21,6 +24,64 @@ from .roots import Roots
 from .scan import Scanner, checkpoints
 
 EXAMPLE_CHARS = 6000  # of the rendered example shown; the rest is cut, and the page says so
+
+
+# -- a run's curves ----------------------------------------------------------------------------
+# A chart is (name, title, [(label, split, metric, dots)]); metrics as metrics.jsonl names them
+# (train/metrics.py; train/dpo.py and train/grpo.py add their own). Validation points are dots.
+LOSS = ("loss", "loss (train and validation)", [("train", "train", "loss", False), ("val", "val", "loss", True)])
+COMMON = [
+    ("lr", "learning rate", [("lr", "train", "lr", False)]),
+    ("grad_norm", "gradient norm (before clipping)", [("grad norm", "train", "grad_norm", False)]),
+    ("tokens_per_s", "tokens/s", [("all", "train", "tokens_per_s", False),
+                                  ("supervised", "train", "supervised_tokens_per_s", False)]),
+    ("memory", "peak memory (MB)", [("peak", "train", "peak_mem_mb", False)]),
+]
+DPO = [
+    ("margins", "reward margin (chosen - rejected)", [("train", "train", "rewards/margins", False),
+                                                      ("val", "val", "rewards/margins", True)]),
+    ("preference_accuracy", "preference accuracy (chosen reward > rejected)",
+     [("train", "train", "rewards/accuracy", False), ("val", "val", "rewards/accuracy", True)]),
+    ("implicit_rewards", "implicit rewards beta * (log pi - log pi_ref)",
+     [("chosen", "train", "rewards/chosen", False), ("rejected", "train", "rewards/rejected", False),
+      ("chosen (val)", "val", "rewards/chosen", True), ("rejected (val)", "val", "rewards/rejected", True)]),
+    ("logps", "log-probability of the replies", [("chosen", "train", "logps/chosen", False),
+                                                 ("rejected", "train", "logps/rejected", False)]),
+]
+GRPO = [
+    ("completion_length", "completion length (tokens, mean)", [("length", "train", "completion_length", False)]),
+    ("shares", "truncated completions and clipped ratios (share)",
+     [("truncated", "train", "truncated", False), ("clip low", "train", "clip_ratio/low", False),
+      ("clip high", "train", "clip_ratio/high", False), ("clip region", "train", "clip_ratio/region", False)]),
+    ("entropy", "policy entropy (nats per token)", [("entropy", "train", "entropy", False)]),
+    ("kl", "KL to the reference (0 without objective.kl_coef)", [("kl", "train", "kl", False)]),
+]
+
+
+def grpo_reward_chart(keys: set[str]) -> tuple[str, str, list[tuple[str, str, str, bool]]]:
+    """Mean reward, accuracy, the spread within groups and one curve per reward function
+    (`rewards/<name>`, whichever functions the run logs: the registry's or a user's own)."""
+    per_fn = [(k.split("/", 1)[1], "train", k, False) for k in sorted(keys) if k.startswith("rewards/")]
+    return ("reward", "reward of the rollouts (mean over completions)",
+            [("mean reward", "train", "reward", False), ("accuracy", "train", "accuracy", False), *per_fn,
+             ("std in group", "train", "reward_std", False)])
+
+
+def charts(stage: str, keys: set[str]) -> list[dict[str, Any]]:
+    """The charts of a run's page, in order: the loss with the stage's own curves next to it, then the
+    common ones. A stage's chart is left out once rows are logged and none carries its metrics (a loss
+    variant that logs fewer of them); before the first row every chart shows, empty."""
+    own = {"dpo": DPO, "grpo": [grpo_reward_chart(keys), *GRPO]}.get(stage, [])
+    own = [c for c in own if not keys or any(m in keys for _, _, m, _ in c[2])]
+    return [{"name": name, "title": title,
+             "series": [{"label": label, "split": split, "key": key, "dots": dots} for label, split, key, dots in ss]}
+            for name, title, ss in [LOSS, *own, *COMMON]]
+
+
+def samples(scanner: Scanner, run: Path, *, limit: int) -> dict[str, Any]:
+    """The newest `limit` rows of samples.jsonl, newest first, and how many there are."""
+    rows = scanner.samples(run)
+    return {"total": len(rows), "rows": rows[::-1][:limit]}
 
 
 def run_page(scanner: Scanner, run: Path, job: dict[str, Any] | None) -> dict[str, Any]:
@@ -158,12 +219,22 @@ def compare(scanner: Scanner, runs: list[Path]) -> dict[str, Any]:
         found, evals, _ = report.collect([tmp])
         score_cols, score_rows, warnings = report._score_table(evals)
         diff_cols, diff_rows = report.config_differences(found)
-        curves = {name: [{k: m.get(k) for k in ("step", "split", "loss")} for m in r["metrics"]]
-                  for name, r in found.items()}
-        return {"labels": list(found), "ids": [scanner.roots.id_of(r) for r in runs],
+        stages = {name: report._stage(r) for name, r in found.items()}
+        panel_keys = {k for st in set(stages.values()) if st in report.ALIGNMENT for k, _ in report.ALIGNMENT[st][1]}
+        keys = ("step", "split", "loss", *sorted(panel_keys))
+        curves = {name: [{k: m.get(k) for k in keys} for m in r["metrics"]] for name, r in found.items()}
+        alignment = []
+        for stage, (_, panels, _) in report.ALIGNMENT.items():  # the report's charts and tables of each stage
+            names = [n for n, st in stages.items() if st == stage]
+            if not names:
+                continue
+            cols, rows = report.alignment_rows(found, stage)
+            alignment.append({"stage": stage, "runs": names, "panels": [{"key": k, "title": t} for k, t in panels],
+                              "columns": cols, "rows": rows})
+        return {"labels": list(found), "ids": [scanner.roots.id_of(r) for r in runs], "stages": stages,
                 "resource": {"columns": report.RESOURCE_COLS, "rows": report._resource_rows(found)},
                 "scores": {"columns": score_cols, "rows": score_rows, "warnings": warnings},
-                "differences": {"columns": diff_cols, "rows": diff_rows}, "curves": curves}
+                "differences": {"columns": diff_cols, "rows": diff_rows}, "curves": curves, "alignment": alignment}
 
 
 def report_html(scanner: Scanner, runs: list[Path]) -> bytes:

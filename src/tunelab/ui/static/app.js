@@ -151,12 +151,12 @@ function boardPage() {
       h("td", {class: "wrap"}, h("a", {href: "#/run/" + enc(r.id)}, r.label.replace(/\//g, "/\u200b"))),  // may break after a /
       h("td", {class: "wrap"}, r.parent ? h("a", {href: "#/compare/" + b.runs.filter(x => x.parent && x.parent.id === r.parent.id).map(x => enc(x.id)).join(",")}, `${r.parent.kind} ${r.parent.name}`) : "-"),
       h("td", {class: "status"}, badge(r.status, r.detail), h("div", {class: "detail"}, r.detail || "")),
-      h("td", {}, r.method || "-"), h("td", {}, r.model || "-"), h("td", {class: "wrap"}, r.data || "-"),
+      h("td", {class: "stage"}, r.stage || "-"), h("td", {}, r.method || "-"), h("td", {}, r.model || "-"), h("td", {class: "wrap"}, r.data || "-"),
       h("td", {class: "num step"}, stepText(r)),
       h("td", {class: "num"}, fmt(r.best_val_loss)), h("td", {class: "num"}, r.peak_mem_mb ? fmt(Math.round(r.peak_mem_mb)) : "-"),
       h("td", {class: "num"}, dur(r.time_s))));
-    const parts = [h("table", {id: "runs-table"}, h("thead", {}, h("tr", {}, ["", "run", "in", "status", "method", "model", "data", "step", "best val loss", "peak MB", "time"].map(c => h("th", {}, c)))),
-      h("tbody", {}, runRows.length ? runRows : h("tr", {}, h("td", {colspan: 11, class: "muted"}, `no run under ${b.roots.join(", ")} yet`))))];
+    const parts = [h("table", {id: "runs-table"}, h("thead", {}, h("tr", {}, ["", "run", "in", "status", "stage", "method", "model", "data", "step", "best val loss", "peak MB", "time"].map(c => h("th", {}, c)))),
+      h("tbody", {}, runRows.length ? runRows : h("tr", {}, h("td", {colspan: 12, class: "muted"}, `no run under ${b.roots.join(", ")} yet`))))];
     if (b.experiments.length) parts.push(h("h2", {}, "Experiments"), table(["experiment", "status", "variants", "evaluations", ""],
       b.experiments.map(e => [e.label, badge(e.status, e.detail), `${e.runs.length}`, `${e.evals.length}`,
         h("a", {href: "#/compare/" + e.runs.map(enc).join(",")}, "compare")])));
@@ -177,16 +177,12 @@ function boardPage() {
 // -- a run's page -----------------------------------------------------------------------------
 function runPage(id) {
   const token = routeToken;
-  let rows = [], status = null;
-  const head = h("div"), charts = h("div", {class: "charts", id: "charts"}), rest = h("div");
-  $main.append(head, h("h2", {}, "Training curves"), charts, rest);
-  const drawCharts = () => {
-    const defs = [["loss", "loss (train and validation)", [["train", seriesOf(rows, "train", "loss")], ["val", seriesOf(rows, "val", "loss"), true]]],
-      ["lr", "learning rate", [["lr", seriesOf(rows, "train", "lr")]]],
-      ["grad_norm", "gradient norm (before clipping)", [["grad norm", seriesOf(rows, "train", "grad_norm")]]],
-      ["tokens_per_s", "tokens/s", [["all", seriesOf(rows, "train", "tokens_per_s")], ["supervised", seriesOf(rows, "train", "supervised_tokens_per_s")]]],
-      ["memory", "peak memory (MB)", [["peak", seriesOf(rows, "train", "peak_mem_mb")]]]];
-    charts.replaceChildren(...defs.map(([name, title, ss]) => lineChart({name, title, series: ss.map(([label, points, dots]) => ({label, points, dots}))})));
+  let rows = [], status = null, defs = [], defsKey = "", samplesSeen = -1;
+  const head = h("div"), charts = h("div", {class: "charts", id: "charts"}), samples = h("div", {id: "samples"}), rest = h("div");
+  $main.append(head, h("h2", {}, "Training curves"), charts, samples, rest);
+  const drawCharts = () => {  // which metrics each chart draws comes with the rows (views.charts: by the run's stage)
+    charts.replaceChildren(...defs.map(c => lineChart({name: c.name, title: c.title,
+      series: c.series.map(x => ({label: x.label, points: seriesOf(rows, x.split, x.key), dots: x.dots}))})));
   };
   const drawHead = (r) => {
     const buttons = [];
@@ -200,7 +196,7 @@ function runPage(id) {
     if (r.parent) buttons.push(h("a", {class: "button", href: "#/compare/" + enc(id)}, "Compare…"));
     head.replaceChildren(h("h1", {}, r.label, " ", badge(r.status, r.detail)),
       h("p", {class: "detail", id: "status-detail"}, r.detail || ""),
-      h("div", {class: "stats"}, [["method", r.method], ["model", r.model], ["data", r.data], ["step", stepText(r)],
+      h("div", {class: "stats"}, [["stage", r.stage], ["method", r.method], ["model", r.model], ["data", r.data], ["step", stepText(r)],
         ["best validation loss", fmt(r.best_val_loss)], ["peak memory MB", r.peak_mem_mb ? fmt(Math.round(r.peak_mem_mb)) : "-"],
         ["time", dur(r.time_s)], ["in", r.parent ? `${r.parent.kind} ${r.parent.name}` : "-"]].map(([k, v]) =>
           h("div", {class: "stat"}, h("div", {class: "label"}, k), h("div", {class: "value"}, v ?? "-")))),
@@ -243,7 +239,12 @@ function runPage(id) {
     const m = await api(`/api/metrics?id=${enc(id)}&after=${rows.length}`);
     if (token !== routeToken) return;
     if (m.total < rows.length) { rows = []; return poll(); }  // resumed: rows after the checkpoint were dropped
-    if (m.rows.length) { rows = rows.concat(m.rows); drawCharts(); }
+    const key = JSON.stringify(m.charts);
+    if (m.rows.length || key !== defsKey) { rows = rows.concat(m.rows); defs = m.charts; defsKey = key; drawCharts(); }
+    if (m.samples !== samplesSeen && (m.samples > 0 || m.stage === "grpo")) {
+      samplesSeen = m.samples;
+      api(`/api/samples?id=${enc(id)}&limit=${SAMPLES_SHOWN}`).then(x => { if (token === routeToken) drawSamples(x, samples); }).catch(() => { samplesSeen = -1; });
+    }
     if (m.status !== status) refresh();
   };
   drawCharts();
@@ -259,6 +260,35 @@ function dataStats(s) {
     ["tokens (supervised fraction)", `${fmt(s.tokens)} (${s.supervised_fraction !== undefined ? (100 * s.supervised_fraction).toFixed(1) + "%" : "-"})`],
     ["tokens per example", `p50 ${tl.p50}, p90 ${tl.p90}, p99 ${tl.p99}, max ${tl.max}`], ["template / end of turn", `${s.template} / ${s.end_of_turn || "-"}`],
     ["fingerprint", s.data_fingerprint || "-"]], {class: "kv", id: "data-stats"});
+}
+// A GRPO run's samples.jsonl: every objective.sample_every steps, one prompt, its answer and its sampled
+// completions with their rewards. Newest first; long texts folded. Text goes in as text, never as HTML.
+const SAMPLES_SHOWN = 20, FOLD_CHARS = 320, FOLD_LINES = 5;
+function folded(text, cls) {
+  text = typeof text === "string" ? text : JSON.stringify(text, null, 1);
+  const long = text.length > FOLD_CHARS || text.split("\n").length > FOLD_LINES;
+  const box = h("div", {class: `fold ${cls || ""}${long ? " folded" : ""}`}, text);
+  if (!long) return box;
+  const more = h("button", {class: "link", onclick: () => { const f = box.classList.toggle("folded"); more.textContent = f ? `show all (${text.length} characters)` : "fold"; }},
+    `show all (${text.length} characters)`);
+  return h("div", {}, box, more);
+}
+function drawSamples(s, box) {
+  if (!s.total) { box.replaceChildren(h("h2", {}, "Samples"), h("p", {class: "muted"}, "no samples yet (samples.jsonl: one every objective.sample_every steps)")); return; }
+  const card = x => {
+    const comps = x.completions || [];
+    const names = ["reward", ...new Set(comps.flatMap(c => Object.keys(c)).filter(k => k !== "text" && k !== "reward"))];
+    const mean = comps.length ? comps.reduce((a, c) => a + (+c.reward || 0), 0) / comps.length : null;
+    return h("div", {class: "card sample", "data-step": x.step},
+      h("div", {class: "toolbar"}, h("b", {}, `step ${x.step}`), h("span", {}, "answer ", h("code", {class: "answer"}, x.answer ?? "-")),
+        h("span", {class: "muted"}, `${comps.length} completions, mean reward ${fmt(mean, 3)}`)),
+      folded(x.prompt, "prompt"),
+      table(["#", "completion", ...names], comps.map((c, i) => [i + 1, folded(c.text ?? "", "completion"),
+        ...names.map(n => h("span", {class: `num${n === "reward" && c.reward > 0 ? " pred-correct" : ""}`}, fmt(c[n], 3)))]), {class: "completions"}));
+  };
+  box.replaceChildren(h("h2", {}, "Samples"),
+    h("p", {class: "muted"}, `${s.total} logged in samples.jsonl (one prompt every objective.sample_every steps); ${s.rows.length < s.total ? `the latest ${s.rows.length}, ` : ""}newest first`),
+    ...s.rows.map(card));
 }
 function showPredictions(ev, box) {
   let wrong = false, offset = 0;
@@ -294,13 +324,24 @@ function comparePage(ids) {
   let live = true;
   const load = () => api("/api/compare?ids=" + ids.map(enc).join(",")).then(c => {
     if (token !== routeToken) return;
-    const curves = split => c.labels.map(l => ({label: l, points: c.curves[l].filter(m => m.split === split && typeof m.loss === "number").map(m => [m.step, m.loss]), dots: split === "val"}));
-    head.replaceChildren(h("h1", {}, `Compare ${c.labels.length} runs`), h("div", {class: "toolbar"},
+    // as tunelab report draws them: loss charts hold the sft/pt runs (an alignment loss shares no scale with a
+    // token cross-entropy), each alignment stage its own panels, training lines and validation dots
+    const lossRuns = c.labels.filter(l => ["sft", "pt"].includes(c.stages[l]));
+    const curves = split => lossRuns.map(l => ({label: l, points: seriesOf(c.curves[l], split, "loss"), dots: split === "val"}));
+    head.replaceChildren(h("h1", {}, `Compare ${c.labels.length} runs`),
+      h("p", {class: "muted", id: "compare-stages"}, c.labels.map(l => `${l}: ${c.stages[l]}`).join(" · ")),
+      h("div", {class: "toolbar"},
       h("a", {class: "button primary", id: "download-report", href: "/api/report?ids=" + ids.map(enc).join(","), download: "report.html"}, "Download the report (report.html)"),
       h("span", {class: "muted"}, "tables computed by tunelab report's code")));
-    charts.replaceChildren(lineChart({name: "compare-train", title: "training loss", series: curves("train")}),
-      lineChart({name: "compare-val", title: "validation loss", series: curves("val")}));
+    const shown = lossRuns.length ? [lineChart({name: "compare-train", title: "training loss", series: curves("train")}),
+      lineChart({name: "compare-val", title: "validation loss", series: curves("val")})] : [];
+    for (const a of c.alignment) for (const p of a.panels) shown.push(lineChart({name: `compare-${a.stage}-${p.key}`, title: `${p.title} (${a.stage})`,
+      series: a.runs.flatMap(l => [{label: l, points: seriesOf(c.curves[l], "train", p.key)}, {label: `${l} (val)`, points: seriesOf(c.curves[l], "val", p.key), dots: true}])
+        .filter(x => x.points.length)}));
+    charts.replaceChildren(...shown);
     const parts = [h("h2", {}, "Resources"), table(c.resource.columns, c.resource.rows, {id: "resource-table"})];
+    for (const a of c.alignment) if (a.rows.length) parts.push(h("h2", {}, {dpo: "Preference tuning", grpo: "GRPO"}[a.stage] || a.stage),
+      table(a.columns, a.rows, {id: `alignment-${a.stage}`}));
     if (c.scores.rows.length) parts.push(h("h2", {}, "Scores"), ...c.scores.warnings.map(w => h("p", {class: "error"}, w)),
       table(c.scores.columns, c.scores.rows, {id: "score-table"}),
       h("p", {class: "muted"}, "Accuracy in percent with its 95% Wilson interval; 'vs base' is the difference to the base model in points."));
