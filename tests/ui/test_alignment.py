@@ -237,7 +237,33 @@ def test_grpo_page_in_the_browser(served, chromium, shots):
         page.goto(url + "#/compare/0%2Fdpo,0%2Fgrpo")
         page.wait_for_selector("#alignment-grpo")
         assert "dpo: dpo" in page.inner_text("#compare-stages")
-        assert points(page, "compare-grpo-reward", "grpo") == 6
+        assert points(page, "compare-grpo-reward", "grpo") == 7  # with the step logged above
     finally:
         context.close()
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_a_real_grpo_run(tmp_path, tunelab_home):
+    """What `tunelab train stage=grpo` writes is what the board serves (~30 s: a tiny model, 2 steps)."""
+    from tunelab import rundir
+
+    (tmp_path / "b.yaml").write_text("model:\n  name: tiny-qwen3\n")
+    run = tmp_path / "runs" / "grpo"
+    subprocess.run([sys.executable, "-m", "tunelab", "train", "b.yaml", "stage=grpo", "data.name=arith_en",
+                    "data.n=8", "method.name=lora", "objective.rewards=[correct,boxed]",
+                    "objective.num_generations=2", "objective.max_new_tokens=8", "objective.sample_every=1",
+                    "training.batch_size=2", "training.max_steps=2", "training.log_every=1", f"output.dir={run}"],
+                   cwd=tmp_path, env=env(), check=True, capture_output=True)
+    client = client_for(tmp_path / "runs", tmp_path)
+    m = client.get("/api/metrics?id=0/grpo").json()
+    rows = rundir.read_rows(run / rundir.METRICS)
+    assert m["stage"] == "grpo" and m["rows"] == rows and m["samples"] == 2
+    reward = series(m, "reward")
+    assert {"mean reward", "accuracy", "correct", "boxed"} <= set(reward)
+    assert reward["mean reward"] == [(r["step"], r["reward"]) for r in rows] and len(rows) == 2
+    assert reward["boxed"] == [(r["step"], r["rewards/boxed"]) for r in rows]
+    s = client.get("/api/samples?id=0/grpo").json()
+    assert s == {"total": 2, "rows": rundir.read_rows(run / rundir.SAMPLES)[::-1]}
+    assert [r["step"] for r in s["rows"]] == [2, 1] and len(s["rows"][0]["completions"]) == 2
+    assert {"text", "reward", "correct", "boxed"} <= set(s["rows"][0]["completions"][0])
