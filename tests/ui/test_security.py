@@ -34,6 +34,8 @@ def board(tmp_path):
     b = fake_run(root / "b")
     (b / "metrics.jsonl").unlink()
     (b / "metrics.jsonl").symlink_to(outside / "metrics.jsonl")  # a file link leading out
+    (outside / "samples.jsonl").write_text('{"step": 1, "prompt": "%s", "completions": []}\n' % SECRET)
+    (b / "samples.jsonl").symlink_to(outside / "samples.jsonl")  # and a GRPO run's samples
     app = build_app(Roots([root]), jobs=Jobs(tmp_path / "jobs", cwd=tmp_path), cwd=tmp_path)
     return TestClient(app, base_url="http://127.0.0.1:7860"), root, outside
 
@@ -42,8 +44,8 @@ BAD_IDS = ["0/..", "0/../outside", "0/a/../../outside", "/etc", "0//etc", "0/lin
            "-1/a", "x", "0/a\\..\\..", "00/../outside", "0/./../outside"]
 
 
-@pytest.mark.parametrize("route", ["/api/run?id=", "/api/metrics?id=", "/api/example?id=", "/api/predictions?id=",
-                                   "/api/compare?ids=", "/api/report?ids="])
+@pytest.mark.parametrize("route", ["/api/run?id=", "/api/metrics?id=", "/api/samples?id=", "/api/example?id=",
+                                   "/api/predictions?id=", "/api/compare?ids=", "/api/report?ids="])
 @pytest.mark.parametrize("ident", BAD_IDS)
 def test_paths_outside_the_roots_are_not_found(board, route, ident):
     client, _, _ = board
@@ -67,7 +69,8 @@ def test_url_encoded_traversal_is_refused(board, raw):
 def test_a_file_link_leading_out_is_never_opened(board):
     client, root, _ = board
     r = client.get("/api/metrics?id=0/b")
-    assert r.status_code == 200 and r.json()["rows"] == []
+    assert r.status_code == 200 and r.json()["rows"] == [] and r.json()["samples"] == 0
+    assert client.get("/api/samples?id=0/b").json() == {"total": 0, "rows": []}
     assert SECRET not in client.get("/api/run?id=0/b").text
     listed = client.get("/api/board").json()
     assert sorted(r["id"] for r in listed["runs"]) == ["0/a", "0/b"]  # the linked directory is not walked into
