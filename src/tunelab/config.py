@@ -34,7 +34,7 @@ DType = Literal["auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"
 # imported; tests/test_config.py checks that each list equals its registry (data/formats.py FORMATS,
 # data/templates.py TEMPLATES, train/optim.py OPTIMIZERS and SCHEDULES, train/methods.py METHODS).
 Format = Literal["auto", "alpaca", "belle_math", "belle_seed", "belle_multiturn", "sharegpt", "openai", "math",
-                 "gsm8k", "cmath", "arith", "text"]
+                 "gsm8k", "cmath", "arith", "text", "pairs", "pairs_sharegpt", "pairs_alpaca"]
 Template = Literal["auto", "tokenizer", "chatml", "plain", "alpaca"]
 Method = Literal["full", "freeze", "lora", "lora_plus", "dora", "qlora"]
 Optimizer = Literal["adamw", "sgd", "adamw_8bit", "adafactor"]
