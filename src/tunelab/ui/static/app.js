@@ -335,7 +335,7 @@ function comparePage(ids) {
       h("span", {class: "muted"}, "tables computed by tunelab report's code")));
     const shown = lossRuns.length ? [lineChart({name: "compare-train", title: "training loss", series: curves("train")}),
       lineChart({name: "compare-val", title: "validation loss", series: curves("val")})] : [];
-    for (const a of c.alignment) for (const p of a.panels) shown.push(lineChart({name: `compare-${a.stage}-${p.key}`, title: `${p.title} (${a.stage})`,
+    for (const a of c.alignment) for (const p of a.panels) shown.push(lineChart({name: `compare-${a.stage}-${p.key.replace("/", "_")}`, title: `${p.title} (${a.stage})`,
       series: a.runs.flatMap(l => [{label: l, points: seriesOf(c.curves[l], "train", p.key)}, {label: `${l} (val)`, points: seriesOf(c.curves[l], "val", p.key), dots: true}])
         .filter(x => x.points.length)}));
     charts.replaceChildren(...shown);
