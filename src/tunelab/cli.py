@@ -124,6 +124,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from . import config as C
 
+    if args.max_memory:  # the flag is the key: checked here so a bad value names the flag
+        from .estimate.plan import parse_budget
+
+        parse_budget(args.max_memory, "--max-memory")
+        args.overrides = [*args.overrides, f"training.max_memory={args.max_memory}"]
     cfg = C.load(args.config, args.overrides)
     if args.nproc > 1 or args.strategy:
         return _launch(args)
@@ -299,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=0, help="processes on this machine (runs `accelerate launch`)")
     p.add_argument("--strategy", choices=["ddp", "fsdp", "zero2", "zero3"],
                    help="with --nproc: data parallel (default), FSDP2, or DeepSpeed ZeRO-2/3 (`tunelab[deepspeed]`)")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory budget per process, e.g. 6GB or 512MiB: batch size, "
+                   "accumulation and checkpointing chosen to fit it (= training.max_memory; see tunelab estimate)")
     commands["train"] = _cmd_train
 
     p = sub.add_parser("eval", help="rollouts + grading, perplexity or efficiency for one or more models")

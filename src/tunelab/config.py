@@ -231,6 +231,8 @@ class TrainingConfig:
     """auto: bf16 (else fp16) autocast on a GPU, fp32 on CPU"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
+    max_memory: str | None = None
+    """a memory budget per process (e.g. 6GB, 512MiB; 1 GB = 1024 MB): batch_size, grad_accum and gradient_checkpointing are chosen by the estimator to fit it, keeping batch_size x grad_accum (`tunelab estimate --max-memory` shows the plan)"""
     seed: int = 0
     """seed of initialisation, dropout and the order of batches"""
     log_every: int = 10
@@ -328,6 +330,21 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
+MEMORY_EXAMPLE = "a size with a unit, e.g. 6GB, 6GiB, 6000MB or 512MiB"
+_UNITS = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20}
+
+
+def memory_mb(text: str) -> float | None:
+    """A memory size as written in a budget ("6GB", "6 GiB", "6000MB", "512MiB", "1.5G") in MB (MiB);
+    binary units whatever the spelling, as the estimator's MB and nvidia-smi's. None when unreadable."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt])(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        return None
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
 # Value checks run at load time, so a bad value is one message naming the key before any data or
 # model is read: (key, predicate, what is expected).
 CHECKS: list[tuple[str, Any, str]] = [
@@ -368,6 +385,7 @@ CHECKS: list[tuple[str, Any, str]] = [
     ("training.max_steps", lambda v: v == -1 or v >= 1, "-1 (use epochs) or at least 1"),
     ("training.batch_size", lambda v: v >= 1, "at least 1"),
     ("training.grad_accum", lambda v: v >= 1, "at least 1"),
+    ("training.max_memory", lambda v: v is None or memory_mb(v) is not None, f"null or {MEMORY_EXAMPLE}"),
     ("training.max_grad_norm", lambda v: v >= 0, "0 (off) or more"),
     ("training.log_every", lambda v: v >= 1, "at least 1"),
     ("training.eval_every", lambda v: v >= 0, "0 (epoch ends only) or more"),

@@ -4,6 +4,7 @@
     tunelab estimate configs/quickstart.yaml training.batch_size=8 --device cpu --json
     tunelab estimate CONFIG --nproc 8 --strategy fsdp --device A100-80GB
     tunelab estimate configs/quickstart.yaml --data    # for the data's widest row, as train estimates
+    tunelab estimate configs/quickstart.yaml --max-memory 3GB --data   # the plan `train --max-memory` picks
 
 Prints the peak memory broken into components (MB and share), the moment of the step where the
 peak happens, whether it fits the device, and the predicted step time. `--json` prints the same as
@@ -37,6 +38,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", action="store_true",
                    help="prepare the config's data (its tokenizer only, cached as by `tunelab prepare`) and "
                         "estimate for its widest row and real supervised fraction: what `tunelab train` prints")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="a budget per process (e.g. 6GB, 512MiB): show the plan `tunelab train --max-memory` picks "
+                        "(micro-batch, accumulation, checkpointing) and its candidates, without training")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -55,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = C.load(args.config, args.overrides)
     device = resolve_device(_default_device() if args.device == "auto" else args.device)
     seq_len, fraction = data_shape(cfg) if args.data else (None, None)
+    budget = getattr(args, "max_memory", None) or cfg.training.max_memory
+    if budget:
+        return _plan(args, cfg, budget, device, seq_len, args.supervised_fraction if fraction is None else fraction)
     est = estimate_from_config(cfg, device=device, nproc=args.nproc, strategy=args.strategy, seq_len=seq_len,
                                supervised_fraction=args.supervised_fraction if fraction is None else fraction)
     if args.json:
@@ -63,6 +70,68 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_estimate(est, device_memory=device.memory_bytes, title=f"estimate: {Path(args.config).name}")
     return 0
+
+
+def _plan(args: argparse.Namespace, cfg: Any, budget: str, device: Any, seq_len: int | None,
+          fraction: float | None) -> int:
+    """`--max-memory`: the plan train would pick, its candidates, and the estimate of the plan."""
+    from .builder import estimate_from_config
+    from .plan import parse_budget, plan_for_budget
+
+    held = process_baseline_mb(device)
+    plan = plan_for_budget(cfg, parse_budget(budget, "--max-memory" if getattr(args, "max_memory", None)
+                                             else "training.max_memory"), device=device, seq_len=seq_len,
+                           supervised_fraction=fraction, nproc=args.nproc, strategy=args.strategy, baseline_mb=held)
+    est = estimate_from_config(plan.apply(cfg), device=device, nproc=args.nproc, strategy=args.strategy,
+                               seq_len=seq_len, supervised_fraction=fraction)
+    if args.json:
+        print(json.dumps({"plan": plan.to_dict(), "estimate": est.to_dict()}, indent=2))
+        return 0
+    print_plan(plan, budget)
+    print_estimate(est, title=f"estimate of the plan: {Path(args.config).name}")
+    return 0
+
+
+def process_baseline_mb(device: Any) -> float:
+    """What a training process holds before its model loads, counted in a budget: on a GPU 0 (as the
+    estimate, `max_memory_allocated`); on CPU this process's resident memory once it has imported what
+    `tunelab train` has by then (torch, transformers, accelerate; with --data also the tokenizer and the
+    data). `train` measures its own, so its plan can differ from this one at a budget's edge."""
+    if getattr(device, "kind", "cpu") == "cuda":
+        return 0.0
+    import accelerate  # noqa: F401  (train has made its Accelerator before the model loads)
+    import transformers.modeling_utils  # noqa: F401
+
+    from .check import current_rss_mb
+
+    return current_rss_mb()
+
+
+def print_plan(plan: Any, budget: str) -> None:
+    """The plan and every candidate with its estimate (what `tunelab estimate --max-memory` prints)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]plan for --max-memory {budget}[/bold] ({plan.budget_mb:,.0f} MB; a candidate fits when "
+                  f"its estimate + {plan.margin:.0%} margin"
+                  + (f" + {plan.baseline_mb:,.0f} MB held before the model loads" if plan.baseline_mb else "")
+                  + " is within it)")
+    table = Table()
+    for col, justify in (("batch", "right"), ("accum", "right"), ("ckpt", "left"), ("estimate MB", "right"),
+                         ("needs MB", "right"), ("s/step", "right"), ("", "left")):
+        table.add_column(col, justify=justify)
+    chosen = plan.tried - 1
+    for i, c in enumerate(plan.candidates):
+        mark = "<- plan" if i == chosen else ("fits" if c.needs_mb <= plan.budget_mb else "too big")
+        table.add_row(str(c.batch_size), str(c.grad_accum), "on" if c.gradient_checkpointing else "off",
+                      f"{c.estimate_mb:,.0f}", f"{c.needs_mb:,.0f}", f"{c.step_time_s:,.2f}", mark,
+                      style="bold" if i == chosen else None)
+    console.print(table)
+    console.print(plan.line(budget))
+    console.print(f"why: {plan.why}")
+    for note in plan.notes:
+        console.print(f"note: {note}")
 
 
 def data_shape(cfg: Any) -> tuple[int | None, float | None]:

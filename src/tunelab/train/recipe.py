@@ -64,7 +64,9 @@ def check_run_dir(run_dir: Path, cfg: C.Config, *, resume: bool, overwrite: bool
         saved = rundir.read_config(run_dir)
         if saved is None:
             raise OutputExistsError(f"--resume: {run_dir} is not a tunelab run directory (no {rundir.CONFIG})")
-        changes = rundir.config_changes(C.to_dict(saved), C.to_dict(cfg))
+        from ..estimate.plan import as_planned  # a planned run: its plan is checked again once the data is known
+
+        changes = rundir.config_changes(as_planned(C.to_dict(saved), C.to_dict(cfg)), C.to_dict(cfg))
         unsafe = rundir.unsafe_on_resume(changes)
         if unsafe:
             raise C.ConfigError(f"--resume: the config differs from the run's in {len(unsafe)} key(s) that would "
@@ -144,6 +146,31 @@ def _estimate(cfg: C.Config, device: str, supervised_fraction: float | None, npr
 
         print_estimate(est, title="estimate before training (tunelab estimate)")
     return est
+
+
+def _fit_budget(cfg: C.Config, accelerator: Any, device: str, strategy: str, lengths: list[int], *, packing: bool,
+                supervised_fraction: float | None, keep: dict[str, Any] | None) -> tuple[C.Config, Any]:
+    """`cfg` with the plan for training.max_memory applied (estimate/plan.py), and the plan. Made for the
+    data's widest row and what the process already holds (resident memory on CPU: the budget is the
+    process's; the largest over processes, so every process reaches the same plan). `keep`: a resumed
+    run's saved config, whose plan must still fit. Impossible: a ConfigError before any weight loads."""
+    from ..data.batching import widest_row
+    from ..estimate.check import baseline_mb
+    from ..estimate.plan import PLANNED, parse_budget, plan_for_budget
+
+    t = cfg.training
+    held = [baseline_mb(accelerator.device)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        held = gather_object(held)
+    plan = plan_for_budget(cfg, parse_budget(t.max_memory), device=device, supervised_fraction=supervised_fraction,
+                           seq_len=widest_row(lengths, packing=packing, max_length=cfg.data.max_length, seed=t.seed) or None,
+                           nproc=accelerator.num_processes, strategy=strategy if strategy in ("fsdp", "zero2", "zero3") else "ddp",
+                           baseline_mb=max(held), keep=tuple(keep["training"][k] for k in PLANNED) if keep else None)
+    accelerator.print(f"[tunelab] {plan.line(t.max_memory)}\n[tunelab]   why: {plan.why}; {plan.notes[0]}", flush=True)
+    accelerator.gradient_accumulation_steps = plan.grad_accum  # the accelerator was made with the config's
+    return plan.apply(cfg), plan
 
 
 def objective_settings(cfg: C.Config, tokenizer: Any, end_of_turn: str, run_dir: Path) -> dict[str, Any]:
@@ -251,7 +278,14 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     t = cfg.training
     objective = build_objective(cfg.stage, **objective_settings(cfg, tokenizer, prepared.stats.get("end_of_turn", ""),
                                                                  run_dir))
-    plan = StepPlan(objective.lengths(train_ds), packing=objective.packing, max_length=cfg.data.max_length,
+    lengths = objective.lengths(train_ds)
+    memory_plan = None
+    if t.max_memory:  # 1b. --max-memory: micro-batch, accumulation and checkpointing chosen to fit, before any weight
+        cfg, memory_plan = _fit_budget(cfg, accelerator, device, strategy, lengths, packing=objective.packing,
+                                       supervised_fraction=prepared.stats.get("supervised_fraction"),
+                                       keep=resumed.get("config") if resumed and resume_from is not None else None)
+        t, fingerprint["config"] = cfg.training, C.to_dict(cfg)  # the saved config is the plan used
+    plan = StepPlan(lengths, packing=objective.packing, max_length=cfg.data.max_length,
                     batch_size=t.batch_size, grad_accum=t.grad_accum, world_size=accelerator.num_processes, seed=t.seed)
     steps_per_epoch = plan.steps_per_epoch
     if steps_per_epoch == 0:
@@ -366,6 +400,9 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         "mfu": mfu(state.tokens / max(state.train_time_s, 1e-9), per_token,
                    peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None),
         "data_sources": prepared.stats.get("sources"),
+        "memory_plan": None if memory_plan is None else {**memory_plan.to_dict(), "measured_peak_mb": round(peak, 1),
+                                                         "measured_kind": peak_kind,
+                                                         "under_budget": max(peaks) <= memory_plan.budget_mb},
         "estimate": None if est is None else summary_entry(
             est, peak_mb=peak, baseline_mb=mem_base, kind=peak_kind, peak_before_mb=peak_before if device == "cpu" else None),
         "environment": environment(torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"),
