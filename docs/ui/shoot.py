@@ -47,7 +47,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     port, out, pages = free_port(), Path(a.out), a.pages.split(",")
-    board = subprocess.Popen([sys.executable, "-m", "tunelab", "ui", a.runs, "--port", str(port)], cwd=REPO,
+    board = subprocess.Popen([sys.executable, "-m", "tunelab", "ui", a.runs, "--port", str(port)], cwd=Path.cwd(),
                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -74,13 +74,14 @@ def main() -> int:
                 page.wait_for_selector('[data-chart="compare-train"] g[data-series="lora"]')
                 page.screenshot(path=str(out / "compare.png"), full_page=True)
             if "grpo" in pages:
+                page.set_viewport_size({"width": 1400, "height": 900})  # three charts a row
                 page.goto(url + f"#/run/0%2F{a.grpo}")
                 page.wait_for_selector('[data-chart="reward"] g[data-series="mean reward"]')
                 page.wait_for_selector("#samples .sample")
                 cards = page.query_selector_all("#samples .sample")
                 box = cards[min(1, len(cards) - 1)].bounding_box()  # the curves and the two newest samples
                 page.screenshot(path=str(out / "grpo.png"), full_page=True,
-                                clip={"x": 0, "y": 0, "width": 1300, "height": box["y"] + box["height"] + 12})
+                                clip={"x": 0, "y": 0, "width": 1400, "height": box["y"] + box["height"] + 12})
             if "chat" in pages:
                 page.goto(url + "#/chat")
                 page.evaluate("localStorage.clear()")
