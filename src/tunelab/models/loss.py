@@ -8,10 +8,10 @@ one chunk of logits (chunk x vocab) exists at a time, in the forward and in the 
 The result equals `F.cross_entropy(model(...).logits[:, :-1], labels[:, 1:], reduction="sum")`
 (tests check loss and gradients).
 
-`CausalLMLoss` is an `nn.Module` around the model so that data-parallel wrappers (DDP, FSDP,
-DeepSpeed through accelerate) see one forward call and synchronise gradients as usual; it shows them
-the model's `config` (DeepSpeed sizes its buckets from `hidden_size`) and `_no_split_modules` (FSDP
-shards each decoder layer on its own).
+`CausalLMLoss` is a `LossModule`: an `nn.Module` around the model so that data-parallel wrappers (DDP,
+FSDP, DeepSpeed through accelerate) see one forward call and synchronise gradients as usual; it shows
+them the model's `config` (DeepSpeed sizes its buckets from `hidden_size`) and `_no_split_modules`
+(FSDP shards each decoder layer on its own). The DPO and GRPO losses (train/dpo.py, grpo.py) are too.
 It returns the *sum* of token losses and the number of supervised tokens; the loop divides by the
 token count of the whole accumulated (and all-reduced) batch.
 """
@@ -51,12 +51,21 @@ def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return total
 
 
-class CausalLMLoss(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, logits_budget_mb: int = 256):
+class LossModule(torch.nn.Module):
+    """A training objective's module around the model: DDP, FSDP and DeepSpeed (through accelerate) see
+    one forward call, the model's `config` (DeepSpeed sizes its buckets from `hidden_size`) and its
+    `_no_split_modules` (FSDP shards each decoder layer on its own). Every objective's loss is one."""
+
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
         self.config = _base(model).config
         self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
+
+
+class CausalLMLoss(LossModule):
+    def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, logits_budget_mb: int = 256):
+        super().__init__(model)
         if chunk_size is None:  # rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens)
             vocab = _base(model).get_output_embeddings().weight.shape[0]
             chunk_size = max(64, logits_budget_mb * 2**20 // (4 * vocab))

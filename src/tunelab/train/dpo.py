@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..models.loss import LossModule
 from .objectives import Metrics, Objective
 
 NO_REFERENCE = ("orpo", "simpo")
@@ -89,16 +90,12 @@ class Preference(Objective):
         return PreferenceLoss(model, self)
 
 
-class PreferenceLoss(torch.nn.Module):
-    """The policy's pair losses, summed; a wrapper module so that DDP/FSDP/DeepSpeed see one forward."""
+class PreferenceLoss(LossModule):
+    """The policy's pair losses, summed."""
 
     def __init__(self, model: torch.nn.Module, objective: Preference):
-        super().__init__()
-        from ..models.loss import _base
-
-        self.model, self.objective = model, objective
-        self.config = _base(model).config
-        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
+        super().__init__(model)
+        self.objective = objective
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
                 ref_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..models.loss import LossModule
 from .objectives import Metrics, Objective
 
 COMPLETION_STATS = ("reward", "reward_std", "completion_length", "truncated", "rollout_s")
@@ -153,14 +154,12 @@ class GRPO(Objective):
         return GRPOLoss(model, self)
 
 
-class GRPOLoss(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module, objective: GRPO):
-        super().__init__()
-        from ..models.loss import _base
+class GRPOLoss(LossModule):
+    """The completions' token losses, summed, and the normaliser of the loss type."""
 
-        self.model, self.objective = model, objective
-        self.config = _base(model).config
-        self._no_split_modules = getattr(_base(model), "_no_split_modules", None)
+    def __init__(self, model: torch.nn.Module, objective: GRPO):
+        super().__init__(model)
+        self.objective = objective
 
     def _reference(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from ..models.logps import token_logps
