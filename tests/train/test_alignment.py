@@ -161,6 +161,21 @@ def test_grpo_resume_is_exact_including_the_sampled_completions(tmp_path, reward
     assert_same_weights(tmp_path / "part", tmp_path / "whole", 0.0)
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_grpo_accumulation_invariance(tmp_path, reward_file, loss_type):
+    """A step's prompts are rolled out together whatever the micro-batches, and the loss is normalised
+    over the whole step: 2 prompts x 1 micro-batch == 1 prompt x 2 (same samples, losses, weights)."""
+    over = [f"objective.loss_type={loss_type}", "method.lora_dropout=0", "optimizer.name=sgd", "optimizer.lr=0.5",
+            "optimizer.momentum=0", "training.max_grad_norm=0", "training.save_every=0"]
+    train(grpo(tmp_path, reward_file, "a", *over))
+    train(grpo(tmp_path, reward_file, "b", *over, "training.batch_size=1", "training.grad_accum=2"))
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["reward"] for r in a] == [r["reward"] for r in b]
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) < 1e-6
+    assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
+    assert_same_weights(tmp_path / "a", tmp_path / "b", 1e-5)
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_grpo_metrics_samples_and_kl_to_the_reference(tmp_path, reward_file, method):
     """KL is 0 at step 1 (the policy is the reference: adapters off, or the frozen copy of full

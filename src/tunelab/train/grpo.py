@@ -3,8 +3,9 @@
     objective = GRPO(tokenizer=tok, pad_id=..., stop_ids=..., rewards=build_rewards(["correct"]), ...)
     module = objective.wrap(model)   # forward(**batch) -> (summed token losses, normaliser)
 
-A step's units are prompts. For each micro-batch `collate` samples `num_generations` completions of
-every prompt with the one batched generation engine evaluation uses (models/generate.py
+A step's units are prompts. Before the step trains, `collate_step` samples `num_generations`
+completions of every prompt of the step (all its micro-batches together, `generation_batch_size`
+completions per generation batch) with the one batched generation engine evaluation uses (models/generate.py
 `Generator`, the same prompts as `tunelab eval` renders, the same stop tokens), scores them with the
 reward functions (train/rewards.py; `correct` is the evaluation grader), and turns the rewards into
 group-normalised advantages (train/grpo_math.py). The batch is prompt + completion rows whose labels
@@ -19,8 +20,7 @@ Normalisation by `loss_type` (the loop divides the step's summed loss by the ste
 `grpo` each completion's token mean, over completions; `bnpo`/`dapo` all completion tokens of the
 step (every micro-batch and process); `dr_grpo` completions x max_new_tokens.
 
-Repeatable: the rollouts of step s are sampled with a seed of (training.seed, s, micro-batch,
-process), so a resumed run samples exactly what the uninterrupted one did.
+Repeatable: the rollouts of step s are sampled with a seed of (training.seed, s, process), so a resumed run samples exactly what the uninterrupted one did.
 """
 from __future__ import annotations
 
@@ -57,17 +57,17 @@ class GRPO(Objective):
         self.model: torch.nn.Module | None = None
         self.ref_model: torch.nn.Module | None = None  # full/freeze with kl_coef > 0: a frozen copy (recipe)
         self.stats = Metrics()
-        self.step, self.micro = 0, 0
+        self.step = 0
 
     def lengths(self, ds: Any) -> list[int]:
         return [len(p) + self.max_new_tokens for p in ds["prompt_ids"]]
 
     def prepare_step(self, step: int) -> None:
-        self.step, self.micro = step, 0
+        self.step = step
 
     def _seed(self) -> int:
         rank = int(os.environ.get("RANK", "0"))
-        return (self.seed * 1_000_003 + self.step * 1_009 + self.micro * 101 + rank) % 2**31
+        return (self.seed * 1_000_003 + self.step * 1_009 + rank) % 2**31
 
     def rollout(self, prompts: list[list[int]]) -> list[tuple[str, int, list[int]]]:
         """`num_generations` sampled completions of each prompt, grouped: prompt i's are i*G .. i*G+G-1."""
@@ -81,11 +81,15 @@ class GRPO(Objective):
         return [out[(i, 0)] for i in range(len(expanded))]
 
     def collate(self, ds: Any, units: list[list[int]]) -> dict[str, torch.Tensor]:
-        from ..data.render import IGNORE_INDEX
+        return self.collate_step(ds, [units])[0]
+
+    def collate_step(self, ds: Any, micro: list[list[list[int]]]) -> list[dict[str, torch.Tensor]]:
+        """The step's micro-batches. Every prompt of the step is rolled out in one batched generation
+        (`generation_batch_size` completions at a time, whatever the training micro-batch), scored and
+        given its group's advantages, then cut into the micro-batches the loop trains on."""
         from .grpo_math import group_advantages
 
-        idx = [i for u in units for i in u]
-        rows = ds[idx]
+        rows = ds[[i for units in micro for u in units for i in u]]
         t0 = time.perf_counter()
         done = self.rollout(rows["prompt_ids"])
         seconds = time.perf_counter() - t0
@@ -95,15 +99,6 @@ class GRPO(Objective):
         per_fn = self.rewards.score(texts, answers, prompts)
         total = torch.tensor(self.rewards.total(per_fn), dtype=torch.float32)
         advantages = group_advantages(total, self.G, self.scale_rewards)
-
-        seqs = [(p, ids) for p, (_, _, ids) in zip((p for p in rows["prompt_ids"] for _ in range(self.G)), done)]
-        width = max(len(p) + len(c) for p, c in seqs)
-        input_ids, labels, mask = [], [], []
-        for p, c in seqs:
-            pad = width - len(p) - len(c)
-            input_ids.append(p + c + [self.pad_id] * pad)
-            labels.append([IGNORE_INDEX] * len(p) + c + [IGNORE_INDEX] * pad)
-            mask.append([1] * (len(p) + len(c)) + [0] * pad)
 
         n = len(done)
         group_std = total.view(-1, self.G).std(dim=1).mean().item() if self.G > 1 else 0.0
@@ -115,14 +110,33 @@ class GRPO(Objective):
             sums[f"rewards/{name}"] = sum(values)
         self.stats.add("train", n, **sums)
         self._write_samples(rows, texts, total.tolist(), per_fn)
-        self.micro += 1
+
+        seqs = [(p, ids) for p, (_, _, ids) in zip((p for p in rows["prompt_ids"] for _ in range(self.G)), done)]
+        batches, start = [], 0
+        for units in micro:
+            k = sum(len(u) for u in units) * self.G
+            batches.append(self._batch(seqs[start:start + k], advantages[start:start + k]))
+            start += k
+        return batches
+
+    def _batch(self, seqs: list[tuple[list[int], list[int]]], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Right-padded prompt + completion rows whose labels supervise the completion only."""
+        from ..data.render import IGNORE_INDEX
+
+        width = max(len(p) + len(c) for p, c in seqs)
+        input_ids, labels, mask = [], [], []
+        for p, c in seqs:
+            pad = width - len(p) - len(c)
+            input_ids.append(p + c + [self.pad_id] * pad)
+            labels.append([IGNORE_INDEX] * len(p) + c + [IGNORE_INDEX] * pad)
+            mask.append([1] * (len(p) + len(c)) + [0] * pad)
         return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels),
                 "attention_mask": torch.tensor(mask), "advantages": advantages}
 
     def _write_samples(self, rows: dict[str, list], texts: list[str], total: list[float],
                        per_fn: dict[str, list[float]]) -> None:
         """The first prompt's group every `sample_every` steps, to samples.jsonl (main process only)."""
-        if not (self.samples_path and self.sample_every and self.micro == 0 and self.step % self.sample_every == 0):
+        if not (self.samples_path and self.sample_every and self.step % self.sample_every == 0):
             return
         if int(os.environ.get("RANK", "0")) != 0:
             return

@@ -179,8 +179,8 @@ def fit(accelerator: Any, model: torch.nn.Module, module: torch.nn.Module, objec
         for k in range(state.step_in_epoch, len(steps)):
             t0 = time.perf_counter()
             objective.prepare_step(state.step)  # e.g. GRPO seeds its rollouts by step: resume samples the same
-            micro = [{key: v.to(accelerator.device) for key, v in objective.collate(train_ds, units).items()}
-                     for units in steps[k][rank::world]]
+            micro = [{key: v.to(accelerator.device) for key, v in batch.items()}
+                     for batch in objective.collate_step(train_ds, steps[k][rank::world])]
             # the objective's counts (loss normaliser, input tokens, and any it needs itself) over the whole
             # step and every process: what each micro-batch's summed loss is divided by
             counts = torch.tensor([list(objective.count(b)) for b in micro], dtype=torch.float64,

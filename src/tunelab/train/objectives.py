@@ -15,7 +15,7 @@ by the task's grader) are such classes.
 
 What an objective provides (`Objective` below gives the defaults):
 - `lengths(ds)`: a length per example, what the step plan batches and packs by;
-- `collate(ds, units)`: a micro-batch of tensors;
+- `collate(ds, units)`: a micro-batch of tensors (`collate_step(ds, micro)`: a step's, all at once);
 - `count(batch)`: (loss normaliser, input tokens, supervised tokens, *anything the objective needs
   summed over the whole step); the loop sums each over the step's micro-batches and all processes,
   hands the totals back through `begin_step(totals)`, and divides the step's summed loss by the first;
@@ -43,6 +43,11 @@ class Objective:
 
     def prepare_step(self, step: int) -> None:
         pass
+
+    def collate_step(self, ds: Any, micro: list[list[list[int]]]) -> list[dict[str, torch.Tensor]]:
+        """A step's micro-batches (one list of units each); an objective that must see the whole step at
+        once (GRPO generates every prompt of a step in one batched call) overrides it."""
+        return [self.collate(ds, units) for units in micro]
 
     def begin_step(self, totals: torch.Tensor) -> None:
         pass
