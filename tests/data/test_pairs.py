@@ -290,9 +290,11 @@ def test_builtin_arith_pairs_are_graded_as_labelled(qwen_tok):
     meta = json.loads((PACKAGE_DATA / (BUILTIN_DATA["arith_pairs"][0] + ".meta.json")).read_text())
     assert meta["model"] == "smollm2-135m-instruct" and meta["task"] == "arith_en" and meta["seed"] == 0
     assert meta["generation"]["temperature"] == 0.0 and meta["environment"]["commit"]
+    c = meta["counts"]
+    assert c["problems"] == meta["n"] == c["in_evaluation"] + c["asked"] and c["asked"] == c["right"] + c["wrong"]
     pairs = load_conversations("arith_pairs")
-    assert len(pairs) == meta["counts"]["kept"] >= 250
-    assert meta["counts"]["asked"] == meta["counts"].get("right", 0) + meta["counts"]["wrong"]
+    assert len(pairs) == c["kept"] >= 90
+    assert sum(not ex["meta"]["finished"] for ex in pairs) == c["kept_unfinished"]
     for ex in pairs:
         assert grade(ex["chosen"], ex["answer"]).correct, ex["meta"]["id"]
         assert not grade(ex["rejected"], ex["answer"]).correct, ex["meta"]["id"]
@@ -316,7 +318,7 @@ def test_data_pairs_command_writes_pairs_and_provenance(tmp_path, capsys):
     meta = json.loads((tmp_path / "p.jsonl.meta.json").read_text())
     c = meta["counts"]
     assert (meta["task"], meta["seed"], meta["n"], meta["generation"]["max_new_tokens"]) == ("arith_en", 0, 6, 6)
-    assert c["asked"] == 6 and c.get("right", 0) + c["wrong"] == 6
+    assert c["problems"] == 6 and c["asked"] == 6 - c["in_evaluation"] == c["right"] + c["wrong"]
     assert c["wrong"] == c["kept"] + sum(v for k, v in c.items() if k.startswith("skipped_"))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == c["kept"]

@@ -48,7 +48,7 @@ BUILTIN_DATA: dict[str, tuple[str | None, str, str]] = {
     "arith": (None, "arith", "generated arithmetic word problems, English and Chinese mixed"),
     "arith_en": (None, "arith", "generated arithmetic word problems, English"),
     "arith_zh": (None, "arith", "generated arithmetic word problems, Chinese"),
-    "arith_pairs": ("arith_pairs_en.jsonl", "pairs", "preference pairs (stage dpo): SmolLM2-135M's wrong arith_en "
+    "arith_pairs": ("arith_pairs_en.jsonl", "pairs", "95 preference pairs (stage dpo): SmolLM2-135M's wrong arith_en "
                     "replies (rejected) vs the reference solutions (chosen), training seed 0"),
 }
 # Built-in sets shipped inside the package (small, made by tunelab itself); found before the data directories.
