@@ -217,8 +217,10 @@ def builtin(name, **kw):
 def test_every_builtin_file_loads(name):
     convs = builtin(name)
     assert len(convs) == 5
+    pairs = BUILTIN_DATA[name][1].startswith("pairs")  # a preference pair's messages are its prompt
     for c in convs:
-        assert c["messages"][-1]["role"] == "assistant" and c["meta"]["source"] == name
+        assert c["messages"][-1]["role"] == ("user" if pairs else "assistant") and c["meta"]["source"] == name
+        assert pairs == ("chosen" in c and "rejected" in c)
         assert (c["meta"].get("task") == "math") == (BUILTIN_DATA[name][1] in ("math", "gsm8k", "cmath"))
 
 
