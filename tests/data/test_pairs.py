@@ -282,7 +282,7 @@ def test_collate_pairs_puts_chosen_rows_first_and_pads_right():
 
 def test_builtin_arith_pairs_are_graded_as_labelled(qwen_tok):
     from tunelab.data.sources import BUILTIN_DATA, PACKAGE_DATA, resolve
-    from tunelab.evaluate.grading import grade
+    from tunelab.data.grading import grade
     from tunelab.evaluate.tasks import TASKS
 
     kind, path, fmt, _ = resolve("arith_pairs")
@@ -310,7 +310,7 @@ def test_data_pairs_command_writes_pairs_and_provenance(tmp_path, capsys):
     """`tunelab data pairs` end to end on the tiny random model: whatever it answers, every counted
     problem is accounted for, a kept pair's rejected reply is the model's and grades wrong."""
     from tunelab.cli import main
-    from tunelab.evaluate.grading import grade
+    from tunelab.data.grading import grade
 
     out = tmp_path / "p.jsonl"
     assert main(["data", "pairs", "--model", "tiny-qwen3", "--n", "6", "--max-new-tokens", "6", "--batch-size", "3",

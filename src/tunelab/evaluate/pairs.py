@@ -5,7 +5,7 @@
 For each arith problem (generated with the TRAINING seed 0, not the evaluation task's 1234; the
 rare problem that both seeds generate is left out, so the pairs never contain an evaluation question) the model is asked exactly as `tunelab eval` asks it
 (`evaluate.run.task_items`: the task's prompt and instruction; `rollout.prompt_ids`; the batched
-`Generator`, greedy), its reply graded with `evaluate.grading.grade`, and a pair kept when the reply
+`Generator`, greedy), its reply graded with `data.grading.grade`, and a pair kept when the reply
 is WRONG: chosen = the problem's reference solution, rejected = the model's own reply. So the pairs
 say "prefer the worked solution over what you said", on the model's own mistakes (on-policy rejected
 replies, as in the self-play/iterative DPO recipes).
@@ -71,7 +71,7 @@ def build_pairs(model: str, *, task: str = "arith_en", n: int = 330, seed: int =
     """(pair records, provenance) for `model` on the first `n` problems of `task` drawn with `seed`;
     `cache` keeps the replies as they come (see `replies`)."""
     from ..env import environment
-    from .grading import grade
+    from ..data.grading import grade
     from .run import EvalSettings, load, task_items
     from .tasks import get_task
 
