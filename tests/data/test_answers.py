@@ -92,7 +92,7 @@ def test_final_answer_line_is_the_gold_of_belle_school_math():
 
 
 def test_belle_math_gold_and_prediction_read_alike():
-    """The grader (evaluate/grading.py, DEFAULT_EXTRACTORS) reads a prediction's `答案：` line as the
+    """The grader (data/grading.py, DEFAULT_EXTRACTORS) reads a prediction's `答案：` line as the
     reader read the gold one: BELLE school_math is graded by exact match."""
     from tunelab.data.grading import grade
 
