@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-STEPS = 3  # the CPU heap reaches its steady state at step 2 (see docs/drafts/estimate.md)
+STEPS = 3  # the CPU heap reaches its steady state at step 2 (see docs/estimate.md)
 SMOL, TINY = "smollm2-135m-instruct", "tiny-qwen3"
 
 

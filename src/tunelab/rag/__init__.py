@@ -1,6 +1,6 @@
 """Retrieval for tunelab: documents and chunks, an on-disk store, BM25 / dense (FAISS) / hybrid search,
 a leakage check, prompt augmentation and retrieval evaluation. `tunelab rag --help` lists the commands
-(`tunelab.rag.command`); `docs/drafts/rag.md` explains the design.
+(`tunelab.rag.command`); docs/retrieval.md explains the design.
 
     from tunelab.rag.retrieve import Retriever
     from tunelab.rag.augment import augment

@@ -12,7 +12,7 @@ Two signs, either enough:
   as those the board started.
 A run with neither, and no summary.json, is not running: it was interrupted (a checkpoint to resume
 from) or is dead. A zombie (exited, not yet reaped) counts as gone. Runs trained on another machine
-that shares the file system cannot be seen from here (the README says so).
+that shares the file system cannot be seen from here (docs/board.md says so).
 """
 from __future__ import annotations
 
