@@ -45,7 +45,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _default_device() -> str:
+def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from .devices import resolve_device
 
     cfg = C.load(args.config, args.overrides)
-    device = resolve_device(_default_device() if args.device == "auto" else args.device)
+    device = resolve_device(default_device() if args.device == "auto" else args.device)
     seq_len, fraction = data_shape(cfg) if args.data else (None, None)
     budget = getattr(args, "max_memory", None) or cfg.training.max_memory
     if budget:

@@ -6,6 +6,9 @@
 - The command shown is the command run: `tunelab train BASE key=value ...` (BASE a config under the
   roots, e.g. an earlier run's config.yaml), or, with no base, the changed keys written as a YAML file
   (`launch.yaml`, shown with the command, copyable as one shell snippet).
+- With training.max_memory set, the check also returns the memory plan `tunelab train --max-memory`
+  would start from (estimate/plan.py, for rows of data.max_length: train plans again for its data's
+  widest row), and the command passes the budget as `--max-memory`.
 - Every path in the form (output.dir, a data file, a local model, an eval's output) must lie inside
   the roots: the board never makes tunelab read or write elsewhere. Names that are not paths (built-in
   models and data sets, hub ids) pass.
@@ -106,21 +109,44 @@ def check_train(roots: Roots, cwd: Path, base_id: str | None, values: dict[str, 
         roots.resolve_user_path(m.name, cwd)
     out = _inside(roots, cfg.output.dir, cwd, "output.dir")
     check_writable(out, False, kind="run")  # a non-empty run directory is refused before launching
+    budget = cfg.training.max_memory
+    if budget:  # shown as the flag it is (the same key): `tunelab train ... --max-memory 6GB`
+        overrides = [o for o in overrides if C.parse_override(o)[0] != "training.max_memory"]
     tree: dict[str, Any] = {}
     for o in overrides:
         k, v = C.parse_override(o)
         C.set_path(tree, k, v)
     if base is not None:
         argv = ["train", shown_path(base, cwd), *overrides]
-        shell = command_line(argv)
         launch_yaml = None
     else:
         launch_yaml = yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
         argv = ["train", "launch.yaml"]
-        shell = f"cat > launch.yaml <<'EOF'\n{launch_yaml}EOF\n{command_line(argv)}"
+    if budget:
+        argv += ["--max-memory", budget]
+    shell = command_line(argv) if base is not None else f"cat > launch.yaml <<'EOF'\n{launch_yaml}EOF\n{command_line(argv)}"
     return {"ok": True, "argv": argv, "command": shell, "launch_yaml": launch_yaml, "target": str(out),
             "resolved": yaml.safe_dump(C.to_dict(cfg), sort_keys=False, allow_unicode=True),
-            "flat": flat_values(C.to_dict(cfg))}
+            "flat": flat_values(C.to_dict(cfg)), **(memory_plan(cfg) if budget else {})}
+
+
+def memory_plan(cfg: Any) -> dict[str, Any]:
+    """{"plan": ...} for the form: the plan of training.max_memory on this machine's device (the GPU
+    present, else the CPU) for rows of data.max_length, with the CPU's resident baseline as `tunelab
+    estimate` takes it; or {"plan_error": message} (an impossible budget at that length, a model whose
+    config cannot be read). Not a refusal: train plans again for its data's widest row, which is shorter."""
+    from ..estimate.command import default_device, process_baseline_mb
+    from ..estimate.devices import resolve_device
+    from ..estimate.plan import parse_budget, plan_for_budget
+
+    try:
+        device = resolve_device(default_device())
+        plan = plan_for_budget(cfg, parse_budget(cfg.training.max_memory), device=device,
+                               baseline_mb=process_baseline_mb(device))
+    except UserError as e:
+        return {"plan_error": str(e)}
+    return {"plan": {**plan.to_dict(), "line": plan.line(cfg.training.max_memory), "device": device.name,
+                     "rows": cfg.data.max_length}}
 
 
 def check_experiment(roots: Roots, cwd: Path, base_id: str | None, values: dict[str, str], variants: str,

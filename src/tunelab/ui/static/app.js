@@ -384,6 +384,19 @@ function configForm(f, onChange) {
   return {el: wrap, setBase, changed, set, inputs};
 }
 
+function planBox(c) {
+  // training.max_memory: the plan train starts from (micro-batch x accumulation, checkpointing) and every candidate
+  if (c.plan_error) return h("div", {class: "error", id: "plan"}, "memory plan: " + c.plan_error);
+  if (!c.plan) return "";
+  const p = c.plan, chosen = p.tried - 1;
+  const rows = p.candidates.map((x, i) => h("tr", {class: i === chosen ? "chosen" : ""},
+    [x.batch_size, x.grad_accum, x.gradient_checkpointing ? "on" : "off", fmt(Math.round(x.estimate_mb)), fmt(Math.round(x.needs_mb)),
+     i === chosen ? "← plan" : (x.needs_mb <= p.budget_mb ? "fits" : "too big")].map(v => h("td", {}, String(v)))));
+  return h("div", {class: "card", id: "plan"}, h("h3", {}, "Memory plan"), h("p", {}, p.line), h("p", {class: "muted"},
+      `why: ${p.why}. Device ${p.device}, rows of ${p.rows} tokens (data.max_length): train plans again for its data's widest row. ${p.notes.join("; ")}`),
+    h("table", {}, h("thead", {}, h("tr", {}, ["batch", "accum", "ckpt", "estimate MB", "needs MB", ""].map(t => h("th", {}, t)))), h("tbody", {}, rows)));
+}
+
 async function launchPage(kind, params) {
   const token = routeToken;
   const f = await form();
@@ -402,7 +415,7 @@ async function launchPage(kind, params) {
       current = c.ok ? payload() : null;
       startBtn.disabled = !c.ok;
       checkBox.replaceChildren(c.ok ? h("div", {}, h("p", {class: "ok"}, "checked as the command line checks it. The same command:"),
-          h("div", {class: "toolbar"}, copyButton(() => c.command)), h("pre", {id: "command"}, c.command))
+          h("div", {class: "toolbar"}, copyButton(() => c.command)), h("pre", {id: "command"}, c.command), planBox(c))
         : h("div", {class: "error", id: "check-error"}, c.error));
     }, 300);
   };
