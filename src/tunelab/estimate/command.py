@@ -116,7 +116,7 @@ def print_plan(plan: Any, budget: str) -> None:
     console.print(f"[bold]plan for --max-memory {budget}[/bold] ({plan.budget_mb:,.0f} MB; a candidate fits when "
                   f"its estimate + {plan.margin:.0%} margin"
                   + (f" + {plan.baseline_mb:,.0f} MB held before the model loads" if plan.baseline_mb else "")
-                  + " is within it)")
+                  + " is within it)", soft_wrap=True)
     table = Table()
     for col, justify in (("batch", "right"), ("accum", "right"), ("ckpt", "left"), ("estimate MB", "right"),
                          ("needs MB", "right"), ("s/step", "right"), ("", "left")):
@@ -128,10 +128,8 @@ def print_plan(plan: Any, budget: str) -> None:
                       f"{c.estimate_mb:,.0f}", f"{c.needs_mb:,.0f}", f"{c.step_time_s:,.2f}", mark,
                       style="bold" if i == chosen else None)
     console.print(table)
-    console.print(plan.line(budget))
-    console.print(f"why: {plan.why}")
-    for note in plan.notes:
-        console.print(f"note: {note}")
+    for text in (plan.line(budget), f"why: {plan.why}", *(f"note: {n}" for n in plan.notes)):
+        console.print(text, soft_wrap=True)  # one line each, for grep and for the docs
 
 
 def data_shape(cfg: Any) -> tuple[int | None, float | None]:

@@ -94,7 +94,7 @@ class Plan:
             for k in ("estimate_mb", "needs_mb"):
                 c[k] = round(c[k], 1)
             c["step_time_s"] = round(c["step_time_s"], 3)
-        d["estimate_mb"] = round(d["estimate_mb"], 1)
+        d["estimate_mb"], d["baseline_mb"] = round(d["estimate_mb"], 1), round(d["baseline_mb"], 1)
         return d
 
 
@@ -179,7 +179,7 @@ def impossible(cfg: Any, cands: list[Candidate], budget_mb: float, *, margin: fl
         hints.append("optimizer.name=adamw_8bit or adafactor (smaller optimizer state)")
     if cfg.stage == "grpo":
         hints.append(f"fewer objective.num_generations (now {cfg.objective.num_generations})")
-    return (f"training.max_memory: {budget_mb:,.0f} MB cannot hold this training: the smallest plan, micro-batch "
+    return (f"training.max_memory (--max-memory): {budget_mb:,.0f} MB cannot hold this training: the smallest plan, micro-batch "
             f"{small.batch_size} x {small.grad_accum} accumulation with checkpointing "
             f"{'on' if small.gradient_checkpointing else 'off'}, is estimated at {small.estimate_mb:,.0f} MB "
             f"(+ {margin:.0%} margin{base} = {small.needs_mb:,.0f} MB). Raise the budget, or try "
