@@ -283,7 +283,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     if t.max_memory:  # 1b. --max-memory: micro-batch, accumulation and checkpointing chosen to fit, before any weight
         cfg, memory_plan = _fit_budget(cfg, accelerator, device, strategy, lengths, packing=objective.packing,
                                        supervised_fraction=prepared.stats.get("supervised_fraction"),
-                                       keep=resumed.get("config") if resumed and resume_from is not None else None)
+                                       keep=C.to_dict(rundir.read_config(run_dir)) if resume_from is not None else None)
         t, fingerprint["config"] = cfg.training, C.to_dict(cfg)  # the saved config is the plan used
     plan = StepPlan(lengths, packing=objective.packing, max_length=cfg.data.max_length,
                     batch_size=t.batch_size, grad_accum=t.grad_accum, world_size=accelerator.num_processes, seed=t.seed)
