@@ -86,6 +86,23 @@ def fake_alignment_run(run: Path, stage: str, *, steps: int = 6, finished: bool 
     return run
 
 
+def wait_for_board(url: str, server, log=None, timeout: float = 120) -> None:
+    """Until the board at `url` answers /health; fails (with its log) when the server exits or time is up."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + "health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.time() < deadline, log.read_text() if log else "the board did not start"
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def chromium():
     """A headless Debian Chromium under Playwright, or a skip that says why."""

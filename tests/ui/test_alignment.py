@@ -11,14 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.ui.conftest import dpo_row, fake_alignment_run, fake_run, grpo_row, grpo_sample
+from tests.ui.conftest import dpo_row, fake_alignment_run, fake_run, grpo_row, grpo_sample, wait_for_board
 
 
 def client_for(root: Path, tmp_path: Path):
@@ -147,8 +146,6 @@ def env() -> dict[str, str]:
 def served(tmp_path):
     """`tunelab ui runs` over a GRPO run that a process trains (its command line says so; it only sleeps),
     a finished DPO run and an SFT run."""
-    import httpx
-
     root = tmp_path / "runs"
     fake_run(root / "sft")
     fake_alignment_run(root / "dpo", "dpo")
@@ -160,16 +157,8 @@ def served(tmp_path):
     server = subprocess.Popen([sys.executable, "-m", "tunelab", "ui", "runs", "--port", str(port)], cwd=tmp_path,
                               env=env(), stdout=(tmp_path / "ui.log").open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
     try:
-        while True:
-            try:
-                if httpx.get(url + "health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()
-            time.sleep(0.3)
+        wait_for_board(url, server, tmp_path / "ui.log", timeout=60)
         yield url, root
     finally:
         for p in (server, trainer):

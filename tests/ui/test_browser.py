@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.ui.conftest import wait_for_board
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +93,6 @@ def md_table(md: str, heading: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory, tunelab_home):
-    import httpx
-
     tmp = tmp_path_factory.mktemp("ui")
     (tmp / "board").mkdir()
     model = random_qwen(tmp / "board" / "models" / "random_qwen")
@@ -115,15 +114,7 @@ def board(tmp_path_factory, tunelab_home):
     server = tunelab("ui", "board", "--port", str(port), cwd=tmp, stdout=(tmp / "ui.log").open("w"),
                      stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(url + "health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.time() < deadline, (tmp / "ui.log").read_text()
-        time.sleep(0.3)
+    wait_for_board(url, server, tmp / "ui.log")
     yield {"tmp": tmp, "url": url, "reference": reference, "report": (tmp / "report" / "report.md").read_text()}
     server.terminate()
     server.wait(timeout=30)

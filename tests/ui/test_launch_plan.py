@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from tests.ui.conftest import wait_for_board
+
 VALUES = {"model.name": "tiny-qwen3", "method.name": "full", "data.max_length": "256", "training.batch_size": "4",
           "training.grad_accum": "2", "output.dir": "runs/new"}
 
@@ -85,9 +87,6 @@ def test_the_launch_page_shows_the_plan_before_launch(tmp_path, chromium, tunela
     import socket
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     (tmp_path / "board").mkdir()
     with socket.socket() as s:
@@ -98,15 +97,7 @@ def test_the_launch_page_shows_the_plan_before_launch(tmp_path, chromium, tunela
                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.time() < deadline
-            time.sleep(0.3)
+        wait_for_board(url, server)
         page = chromium.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
