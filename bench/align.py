@@ -65,8 +65,8 @@ GSM8K = harness.REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
 LOSS_TOL = 1e-4  # relative difference allowed between a runner's DPO loss and tunelab's (fp32)
 STEP2_TOL = 2e-2  # after one AdamW update, different kernels (fused head, padding) drift a little
 DEFAULTS = dict(model="smollm2-135m-instruct", parts="dpo,grpo", methods="lora,full", grpo_methods="lora",
-                steps=2, dpo_batch=2, dpo_accum=2, max_length=512, grpo_batch=2, grpo_accum=2,
-                generations=4, max_new_tokens=96, repeats=1)
+                steps=2, dpo_batch=2, dpo_accum=1, max_length=512, grpo_batch=2, grpo_accum=1,
+                generations=4, max_new_tokens=64, repeats=1)
 TINY = dict(model="tiny-qwen3", parts="dpo,grpo", methods="lora,full", grpo_methods="lora", steps=1,
             dpo_batch=1, dpo_accum=2, max_length=512, grpo_batch=1, grpo_accum=2, generations=2,
             max_new_tokens=8, repeats=1)
@@ -81,12 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-methods", default=None, help="GRPO methods (default lora)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps, after 1 warm-up step (default 2)")
     p.add_argument("--dpo-batch", type=int, default=None, help="pairs per micro-batch (default 2)")
-    p.add_argument("--dpo-accum", type=int, default=None, help="DPO micro-batches per step (default 2)")
+    p.add_argument("--dpo-accum", type=int, default=None, help="DPO micro-batches per step (default 1)")
     p.add_argument("--max-length", type=int, default=None, help="max tokens of a DPO row / GRPO prompt+completion")
     p.add_argument("--grpo-batch", type=int, default=None, help="prompts per GRPO micro-batch (default 2)")
-    p.add_argument("--grpo-accum", type=int, default=None, help="GRPO micro-batches per step (default 2)")
+    p.add_argument("--grpo-accum", type=int, default=None, help="GRPO micro-batches per step (default 1)")
     p.add_argument("--generations", type=int, default=None, help="GRPO completions per prompt, G (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="GRPO max completion length (default 96)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="GRPO max completion length (default 64)")
     p.add_argument("--pairs", choices=("auto", "arith_pairs", "gsm8k"), default="auto",
                    help="preference set: arith_pairs if installed (auto), or pairs built from GSM8K train")
     p.add_argument("--beta", type=float, default=0.1)
@@ -438,7 +438,7 @@ def tunelab_grpo_time(s: dict[str, Any]) -> dict[str, Any]:
         out = rollout(self, prompts)
         seen["rollouts"].append({"step": self.step, "seconds": time.perf_counter() - t0, "completions": len(out),
                                  "tokens": sum(len(ids) for _, _, ids in out)})
-        seen["prompt_ids"] += prompts
+        seen["prompt_ids"] += [p for p in prompts for _ in range(self.G)]
         return out
 
     grpo.GRPO.rollout = timed_rollout
@@ -611,8 +611,9 @@ def run_dpo(a: argparse.Namespace, base: dict[str, Any], work: Path) -> dict[str
                           "tunelab step 2 loss": round(ref2["step_losses"][1], 6),
                           "tunelab step 2 margin": round(ref2["step_margins"][1], 6), "OK": "yes" if ok else "NO"})
     print(f"\n## DPO after one identical update (step 2 loss and reward margin; OK: within {STEP2_TOL:g} relative)\n")
-    print(harness.table(step2, ["runner", "method", "step 1 loss", "step 2 loss", "tunelab step 2 loss", "step 2 margin",
-                                "tunelab step 2 margin", "OK"]))
+    print(harness.table([{k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()} for r in step2],
+                        ["runner", "method", "step 1 loss", "step 2 loss", "tunelab step 2 loss", "step 2 margin",
+                         "tunelab step 2 margin", "OK"]))
     print(f"\n## DPO throughput (median of {a.repeats}), peak memory = VmHWM of the child process\n")
     print(harness.table(rows, ["runner", "method", "pairs/s", "tok/s", "s/step", "peak MB", "speed tunelab/x",
                                "memory tunelab/x", "same pairs"]))
@@ -625,7 +626,7 @@ def run_dpo(a: argparse.Namespace, base: dict[str, Any], work: Path) -> dict[str
             verdicts.append(f"dpo {row['method']} vs {row['runner']}: {label}: speed {sp}x, memory {mem}x -> "
                             f"{'met' if met else 'NOT met'}")
     return {"settings": {k: v for k, v in spec.items() if k not in ("run", "mode")} | {
-                "pairs": len(records), "timed_pairs": pairs_timed, "timed_tokens": tokens_timed,
+                "methods": a.methods, "pairs": len(records), "timed_pairs": pairs_timed, "timed_tokens": tokens_timed,
                 "micro_batch_tokens": row_tokens},
             "loss_check": check_rows, "loss_check_passed": all(r["OK"] == "yes" for r in check_rows),
             "step2_check": step2, "step2_check_passed": all(r["OK"] == "yes" for r in step2),
@@ -713,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nTargets (CPU):\n  " + "\n  ".join(targets))
     print(f"\nload average (1, 5, 15 min) before {payload['load_avg_before']}, after {payload['load_avg_after']} "
           f"on {harness.machine()['cores']} cores (shared machine); total {payload['wall_s'] / 60:.1f} min")
-    path = harness.save("align_cpu", payload, a.out)
+    # one file per set of parts: a DPO-only and a GRPO-only run do not overwrite each other
+    path = harness.save("align_cpu" if len(a.parts) == 2 else f"align_cpu_{a.parts[0]}", payload, a.out)
     print(f"results: {path}")
     ok = all(payload["dpo"][k] for k in ("loss_check_passed", "step2_check_passed")) if "dpo" in payload else True
     ok &= all(r["same prompts"] for r in payload.get("grpo", {}).get("results", []))
