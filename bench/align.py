@@ -196,10 +196,13 @@ def pair_records(source: str, n: int) -> list[dict[str, Any]]:
     if source == "arith_pairs":
         from tunelab.data.sources import iter_records
 
+        def text(reply: Any) -> str:  # a reply as text, or as TRL's list of one assistant message
+            return reply if isinstance(reply, str) else reply[0]["content"]
+
         out = []
         for _, rec in iter_records("arith_pairs"):
             prompt = rec["prompt"] if isinstance(rec["prompt"], list) else [{"role": "user", "content": rec["prompt"]}]
-            out.append({"prompt": prompt, "chosen": rec["chosen"], "rejected": rec["rejected"]})
+            out.append({"prompt": prompt, "chosen": text(rec["chosen"]), "rejected": text(rec["rejected"])})
             if len(out) == n:
                 break
         return out

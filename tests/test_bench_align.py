@@ -22,7 +22,7 @@ RUNNERS = ["tunelab", "trl_default", "trl_best"]
 def result(tmp_path_factory):
     shared_data("gsm8k_train.jsonl")
     out = tmp_path_factory.mktemp("align")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "align.py"), "--tiny", "--pairs", "gsm8k",
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "align.py"), "--tiny",
                            "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     return json.loads((out / "align_cpu.json").read_text())
