@@ -86,9 +86,11 @@ def test_dpo_cached_reference_equals_adapters_off(tmp_path, pairs):
 
 
 def test_dpo_full_resume_is_exact_and_reuses_the_cached_reference(tmp_path, pairs, tunelab_home):
-    over = ["method.name=full", "optimizer.lr=1e-3", "training.max_steps=4", "training.save_every=2"]
+    over = ["method.name=full", "optimizer.lr=1e-3", "training.max_steps=4", "training.save_every=2",
+            "data.max_length=120"]  # a data setting of this test alone: its own prepared data and reference
+    before = set((tunelab_home / "prepared").glob("*/reference-*.json"))  # other tests' caches
     train(dpo(tmp_path, pairs, "whole", *over))
-    caches = sorted((tunelab_home / "prepared").glob("*/reference-*.json"))
+    caches = sorted(set((tunelab_home / "prepared").glob("*/reference-*.json")) - before)
     assert len(caches) == 1
     stamp = caches[0].stat().st_mtime_ns
 
@@ -106,7 +108,7 @@ def test_dpo_full_resume_is_exact_and_reuses_the_cached_reference(tmp_path, pair
     assert timeless(tmp_path / "part") == timeless(tmp_path / "whole")
     assert_same_weights(tmp_path / "part", tmp_path / "whole", 0.0)
     # read back, not recomputed (a resumed policy would give other values); one file per data + model
-    assert sorted((tunelab_home / "prepared").glob("*/reference-*.json")) == caches
+    assert sorted(set((tunelab_home / "prepared").glob("*/reference-*.json")) - before) == caches
     assert caches[0].stat().st_mtime_ns == stamp
 
 
