@@ -33,7 +33,9 @@ def generate_kwargs(*, max_new_tokens: int, temperature: float, top_p: float, st
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id,
                                   use_cache=True)
     if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        # top_k=0: the whole distribution (nucleus sampling by top_p alone). transformers' default of 50 would
+        # sample GRPO's rollouts from a truncated distribution that its loss then scores in full (off-policy)
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     return kwargs
