@@ -121,17 +121,11 @@ class GRPO(Objective):
 
     def _batch(self, seqs: list[tuple[list[int], list[int]]], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
         """Right-padded prompt + completion rows whose labels supervise the completion only."""
+        from ..data.batching import collate_padded
         from ..data.render import IGNORE_INDEX
 
-        width = max(len(p) + len(c) for p, c in seqs)
-        input_ids, labels, mask = [], [], []
-        for p, c in seqs:
-            pad = width - len(p) - len(c)
-            input_ids.append(p + c + [self.pad_id] * pad)
-            labels.append([IGNORE_INDEX] * len(p) + c + [IGNORE_INDEX] * pad)
-            mask.append([1] * (len(p) + len(c)) + [0] * pad)
-        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask), "advantages": advantages}
+        rows = [{"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c} for p, c in seqs]
+        return {**collate_padded(rows, self.pad_id), "advantages": advantages}
 
     def _write_samples(self, rows: dict[str, list], texts: list[str], total: list[float],
                        per_fn: dict[str, list[float]]) -> None:
