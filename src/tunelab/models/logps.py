@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..data.batching import supervised_mask
-from .loss import _base
+from .loss import _base, chunk_rows, over_chunks
 
 
 @dataclass
@@ -42,12 +41,6 @@ def counts(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.bincount(rows, minlength=n_rows)
 
 
-def logits_chunk_rows(model: torch.nn.Module, logits_budget_mb: int = 256) -> int:
-    """Rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens), as CausalLMLoss."""
-    vocab = _base(model).get_output_embeddings().weight.shape[0]
-    return max(64, logits_budget_mb * 2**20 // (4 * vocab))
-
-
 def _logps_of(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits.float()
     if temperature != 1.0:  # GRPO scores completions at the sampling temperature, as TRL does
@@ -65,15 +58,9 @@ def _chunk(head, hidden, targets, temperature):
 def chunked_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs of `targets`, entropies) under `head(hidden)`, `chunk` rows at a time."""
-    if hidden.shape[0] <= chunk:  # one piece: no recomputation needed
-        return _chunk(head, hidden, targets, temperature)
-    parts = []
-    for s in range(0, hidden.shape[0], chunk):
-        h, t = hidden[s : s + chunk], targets[s : s + chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            parts.append(checkpoint(_chunk, head, h, t, temperature, use_reentrant=False))
-        else:
-            parts.append(_chunk(head, h, t, temperature))
+    parts = over_chunks(_chunk, head, hidden, targets, chunk, temperature)
+    if len(parts) == 1:
+        return parts[0]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -109,6 +96,6 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
         out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False)
         hidden = out.last_hidden_state[:, :-1][keep]
-        chunk = chunk_size or logits_chunk_rows(model)
+        chunk = chunk_size or chunk_rows(model)
         logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk, temperature)
     return TokenLogps(logps=logps, rows=rows, seqs=seqs, n_seqs=n_seqs, entropy=ent if entropy else None)

@@ -37,18 +37,33 @@ def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Sum of cross-entropy of `head(hidden)` against `targets`, `chunk` rows at a time."""
+def over_chunks(fn: Any, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
+                *args: Any) -> list[Any]:
+    """`fn(head, hidden, targets, *args)` on `chunk` rows at a time, each under activation checkpointing when a
+    gradient is needed, so at most one chunk of logits exists in the forward and the backward pass. The
+    one chunking loop of the SFT loss and of the per-token log-probabilities (logps.py)."""
     if hidden.shape[0] <= chunk:  # fits the budget in one piece: no recomputation needed
-        return _chunk_ce(head, hidden, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
+        return [fn(head, hidden, targets, *args)]
+    parts = []
     for s in range(0, hidden.shape[0], chunk):
         h, t = hidden[s : s + chunk], targets[s : s + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_chunk_ce, head, h, t, use_reentrant=False)
+            parts.append(checkpoint(fn, head, h, t, *args, use_reentrant=False))
         else:
-            total = total + _chunk_ce(head, h, t)
-    return total
+            parts.append(fn(head, h, t, *args))
+    return parts
+
+
+def chunk_rows(model: torch.nn.Module, logits_budget_mb: int = 256) -> int:
+    """Rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens)."""
+    vocab = _base(model).get_output_embeddings().weight.shape[0]
+    return max(64, logits_budget_mb * 2**20 // (4 * vocab))
+
+
+def chunked_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of cross-entropy of `head(hidden)` against `targets`, `chunk` rows at a time."""
+    parts = over_chunks(_chunk_ce, head, hidden, targets, chunk)
+    return parts[0] if len(parts) == 1 else sum(parts, hidden.new_zeros((), dtype=torch.float32))
 
 
 class LossModule(torch.nn.Module):
@@ -66,10 +81,7 @@ class LossModule(torch.nn.Module):
 class CausalLMLoss(LossModule):
     def __init__(self, model: torch.nn.Module, chunk_size: int | None = None, logits_budget_mb: int = 256):
         super().__init__(model)
-        if chunk_size is None:  # rows of fp32 logits that fit the budget (441 for Qwen's 151,936 tokens)
-            vocab = _base(model).get_output_embeddings().weight.shape[0]
-            chunk_size = max(64, logits_budget_mb * 2**20 // (4 * vocab))
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size or chunk_rows(model, logits_budget_mb)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
