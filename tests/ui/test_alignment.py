@@ -131,7 +131,7 @@ def test_run_list_and_compare_show_the_stage(board):
     runs, _, _ = report.collect([root / "dpo", root / "grpo"])  # the report's own table, the same cells
     assert by_stage["dpo"]["rows"] == report.alignment_rows(runs, "dpo")[1]
     assert by_stage["grpo"]["rows"] == report.alignment_rows(runs, "grpo")[1]
-    assert by_stage["dpo"]["rows"][0][2] == "0.050 -> 0.300"  # rewards/margins, first -> last step
+    assert by_stage["dpo"]["rows"][0][2] == "0.050 -> 0.300"  # rewards/margins: 6 steps logged, one each
     grpo = [(r["step"], r["reward"]) for r in c["curves"]["grpo"] if r["split"] == "train"]
     assert grpo == [(s, grpo_row(s)["reward"]) for s in range(1, 7)]
 
@@ -256,3 +256,14 @@ def test_a_real_grpo_run(tmp_path, tunelab_home):
     assert s == {"total": 2, "rows": rundir.read_rows(run / rundir.SAMPLES)[::-1]}
     assert [r["step"] for r in s["rows"]] == [2, 1] and len(s["rows"][0]["completions"]) == 2
     assert {"text", "reward", "correct", "boxed"} <= set(s["rows"][0]["completions"][0])
+
+
+def test_report_rows_average_the_first_and_last_quarter_of_the_steps():
+    """20 GRPO steps: the cells are the means of steps 1-5 and 16-20 (a single step's reward is noise)."""
+    from tunelab.experiment.report import alignment_rows
+
+    rows = [{"split": "train", "step": s, "reward": float(s), "accuracy": 0.1} for s in range(1, 21)]
+    runs = {"g": {"config": {"stage": "grpo"}, "metrics": [*rows, {"split": "val", "step": 20, "reward": 99.0}]}}
+    cols, (row,) = alignment_rows(runs, "grpo")
+    assert cols[1] == "reward (first -> last steps)"
+    assert row[:3] == ["g", "3.000 -> 18.000", "0.100 -> 0.100"] and row[4] == "-"  # kl never logged

@@ -153,7 +153,9 @@ def _plot_alignment(runs: dict[str, dict[str, Any]], stage: str, path: Path) -> 
 
 
 def alignment_rows(runs: dict[str, dict[str, Any]], stage: str) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): each run of `stage`, its first and last logged value of each metric (train)."""
+    """(columns, rows): each run of `stage`, each metric's mean over the first and over the last quarter of its
+    logged training steps (one step each when fewer than 8 were logged): a GRPO step's metrics come from a few
+    prompts and jump from step to step, so the first and last step alone would say little."""
     keys = ALIGNMENT[stage][2]
     rows = []
     for name, r in runs.items():
@@ -163,12 +165,13 @@ def alignment_rows(runs: dict[str, dict[str, Any]], stage: str) -> tuple[list[st
         val = [m for m in r["metrics"] if m.get("split") == "val"]
         cells = [name]
         for k in keys:
-            first, last = rows_train[0].get(k), rows_train[-1].get(k)
-            cells.append(f"{_fmt(first, 3)} -> {_fmt(last, 3)}")
+            values = [m[k] for m in rows_train if isinstance(m.get(k), (int, float))]
+            w = max(1, len(values) // 4)
+            cells.append(f"{_fmt(sum(values[:w]) / w, 3)} -> {_fmt(sum(values[-w:]) / w, 3)}" if values else "-")
         if stage == "dpo":
             cells.append(_fmt(val[-1].get("rewards/accuracy"), 3) if val else "-")
         rows.append(cells)
-    cols = ["variant", *(f"{k} (first -> last step)" for k in keys)] + (["val accuracy"] if stage == "dpo" else [])
+    cols = ["variant", *(f"{k} (first -> last steps)" for k in keys)] + (["val accuracy"] if stage == "dpo" else [])
     return cols, rows
 
 
@@ -408,6 +411,8 @@ def build(dirs: list[str | Path], out: str | Path | None = None, title: str | No
                                 "without objective.kl_coef) and the policy's entropy.")):
         cols, rows = alignment_rows(runs, stage)
         if rows:
+            how += (" 'first -> last steps': the mean over the first and over the last quarter of the logged steps "
+                    "(one step each when fewer than 8).")
             extras.append(({"dpo": "Preference tuning", "grpo": "GRPO"}[stage], cols, rows, how))
     title = title or f"tunelab report: {out.name}"
 
