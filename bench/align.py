@@ -7,8 +7,9 @@
 DPO (LoRA and full fine-tuning, CPU fp32): preference pairs per second and peak memory (the child
 process's VmHWM, as `tunelab train` reports it), read at the end of the last timed optimizer step.
   tunelab       `tunelab.train.recipe.train(cfg)` with `stage: dpo` and its defaults (sigmoid loss; the
-                reference is the base with adapters off for LoRA, log-probs computed once before
-                training and cached for full fine-tuning).
+                reference log-probs computed once before training by the model as loaded and cached,
+                for LoRA and full fine-tuning alike; that pass is not in the timed steps, as TRL's
+                precompute pass is not for trl_best).
   trl_default   `DPOTrainer` with its defaults plus the shared settings below (gradient checkpointing
                 on; a second model loaded as the reference for full fine-tuning).
   trl_best      `DPOTrainer` with its fastest options here: `precompute_ref_log_probs=True` (no reference
@@ -268,13 +269,13 @@ def dpo_plan(s: dict[str, Any], method: str = "lora") -> dict[str, Any]:
 
 
 class _Acc:  # what Metrics.read and with_reference_logps need of an accelerator, on one CPU process
-    device, num_processes, mixed_precision, is_main_process = "cpu", 1, "no", True
+    device, num_processes, mixed_precision, is_main_process, is_local_main_process = "cpu", 1, "no", True, True
     autocast = staticmethod(contextlib.nullcontext)
 
 
 def tunelab_dpo_first(s: dict[str, Any], method: str) -> dict[str, Any]:
     """tunelab's loss and rewards on its first planned micro-batch, through its own objective module
-    (full: with the cached reference log-probs the recipe computes, `with_reference_logps`)."""
+    (with the cached reference log-probs the recipe computes, `with_reference_logps`)."""
     import torch
 
     from tunelab.models.load import identity, load_model
@@ -286,7 +287,7 @@ def tunelab_dpo_first(s: dict[str, Any], method: str) -> dict[str, Any]:
     model = apply_method(load_model(s["model_dir"]), method=method, lora_r=LORA["r"], lora_alpha=LORA["alpha"],
                          lora_dropout=LORA["dropout"], target_modules=["all-linear"])
     obj = Preference(pad_id=p["tok"].pad_token_id, loss="sigmoid", beta=s["beta"],
-                     reference=reference_mode("sigmoid", method, "auto"))
+                     reference=reference_mode("sigmoid", "auto"))
     train = p["train"]
     if obj.reference == "cached":
         train, _ = with_reference_logps(model, obj, p["prepared"], train, p["prepared"].load("validation"),

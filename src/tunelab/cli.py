@@ -131,6 +131,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"training.max_memory={args.max_memory}"]
     cfg = C.load(args.config, args.overrides)
     if args.nproc > 1 or args.strategy:
+        from .train.distributed import check_strategy
+
+        check_strategy(cfg, args.strategy or "ddp")  # once, before any process starts
         return _launch(args)
     from .train.recipe import train
 

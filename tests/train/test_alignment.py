@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,25 @@ def test_grpo_metrics_samples_and_kl_to_the_reference(tmp_path, reward_file, met
     assert c["reward"] == pytest.approx(c["correct"] + 0.5 * c["boxed"] + 2 * c["short"], abs=1e-6)
 
 
+@pytest.mark.parametrize("over,strategy,message", [
+    (["method.name=full", "objective.reference=adapters_off"], "", r"objective.reference': adapters_off needs a "
+     r"LoRA-family method, not method.name full"),
+    (["objective.reference=adapters_off"], "fsdp", r"adapters_off under strategy fsdp is not supported"),
+    (["stage=grpo"], "zero3", r"stage grpo under strategy zero3 is not supported yet"),
+])
+def test_what_a_reference_or_strategy_cannot_do_is_one_message(tmp_path, pairs, capsys, over, strategy, message):
+    """Refused with exit 2 before any process is launched or any weight loads, nothing written."""
+    from tunelab.cli import main
+
+    cfg = dpo(tmp_path, pairs, "run")
+    C.save(cfg, tmp_path / "cfg.yaml")
+    flags = ["--nproc", "2", "--strategy", strategy] if strategy else []
+    assert main(["train", str(tmp_path / "cfg.yaml"), *over, *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("error:") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_grpo_reward_errors_are_one_message(tmp_path, reward_file):
     with pytest.raises(UserError, match=r"reward 'boom' raised ValueError: no reward today"):
         train(grpo(tmp_path, reward_file, "a", f"objective.reward_fn={reward_file}:boom"))
@@ -286,12 +306,19 @@ def test_experiment_sft_then_dpo_and_grpo(tmp_path, pairs, reward_file):
     assert f"{first['loss']:.3f} ->" in dpo_row
 
 
+def needs_deepspeed(strategy: str) -> list:
+    from tests.train.test_distributed import needs_deepspeed as mark
+
+    return [mark] if strategy.startswith("zero") else []
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_dpo_two_processes_equal_one(tmp_path, pairs, method):
-    """`--nproc 2 --strategy ddp` (batch 2 each) == one process (batch 2 x 2 accumulation): per-step
-    losses, preference metrics and validation within 1e-4; full fine-tuning reads the reference cache
-    the first process wrote, LoRA computes it with the adapters off on each process."""
+@pytest.mark.parametrize("method,strategy", [pytest.param(m, s, marks=needs_deepspeed(s))
+                                             for m, s in (("lora", "ddp"), ("full", "fsdp"), ("full", "zero3"))])
+def test_dpo_two_processes_equal_one(tmp_path, pairs, method, strategy):
+    """`--nproc 2 --strategy S` (batch 2 each) == one process (batch 2 x 2 accumulation): per-step
+    losses, preference metrics and validation within 1e-4. The reference cache is written by the first
+    process from whole weights, before they are sharded (fsdp, zero3), and read by the second."""
     import os
     import subprocess
     import sys
@@ -304,7 +331,7 @@ def test_dpo_two_processes_equal_one(tmp_path, pairs, method):
     train(dpo(tmp_path, pairs, "one", *over, "training.grad_accum=2"))
     C.save(dpo(tmp_path, pairs, "two", *over), tmp_path / "two.yaml")
     done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(tmp_path / "two.yaml"), "--nproc", "2",
-                           "--strategy", "ddp"],
+                           "--strategy", strategy],
                           capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -131,6 +131,26 @@ def make_accelerator(*, mixed_precision: str, cpu: bool, grad_accum: int) -> Any
     return accelerator
 
 
+def check_strategy(cfg: Any, strategy: str) -> None:
+    """What a sharding strategy cannot run, refused in one message: by the CLI before it launches the
+    processes, and by each process (a run under `accelerate launch` never passed the CLI's check)."""
+    if strategy not in ("fsdp", "zero2", "zero3"):
+        return
+    if cfg.method.name == "qlora":
+        raise ConfigError(f"method qlora under strategy {strategy} is not supported (4-bit weights cannot be "
+                          "sharded or partitioned here); use --strategy ddp, or method lora")
+    # DPO's cached reference is computed before the weights are sharded, so its step is one forward and
+    # backward like SFT's; an adapters-off reference pass inside the wrapped step, and GRPO's rollouts
+    # (each process generates a different number of tokens, so sharded weights would be gathered out of
+    # step), need whole weights on every process
+    if cfg.stage == "grpo":
+        raise ConfigError(f"stage grpo under strategy {strategy} is not supported yet; use one process or "
+                          "--strategy ddp")
+    if cfg.stage == "dpo" and cfg.objective.reference == "adapters_off":
+        raise ConfigError(f"config key 'objective.reference': adapters_off under strategy {strategy} is not "
+                          "supported; use auto (cached), or --strategy ddp")
+
+
 def strategy_of(accelerator: Any) -> str:
     """`single`, `ddp`, `fsdp`, `zero2` or `zero3`: recorded in the summary and in every checkpoint."""
     from accelerate.utils import DistributedType

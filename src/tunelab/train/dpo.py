@@ -10,10 +10,14 @@ for term (tests/train/test_alignment_parity.py). The loop divides the step's sum
 step's pairs, so batch 8 x 1 and batch 1 x 8 accumulation steps give the same update, as for SFT.
 
 The reference model never sits beside the policy:
-- `adapters_off` (LoRA family): the same weights with the adapters disabled, under no_grad;
-- `cached` (full and freeze): each pair's reference log-probabilities are computed once, before
-  training, by the model as loaded (recipe.py `reference_logps`), and stored with the prepared data
-  under a key of the data's fingerprint and the model's identity; batches carry them as `ref_logps`;
+- `cached` (the default, every method): each pair's reference log-probabilities are computed once,
+  before training, by the model as loaded (a fresh LoRA adapter adds exactly zero, so for the LoRA
+  family that is the base), and stored with the prepared data under a key of the data's fingerprint,
+  the model's identity and precision (`with_reference_logps`); batches carry them as `ref_logps`. A
+  step then is one forward and backward of the policy, and the cache serves every epoch, a resume,
+  another variant or sweep trial on the same data and model, and every process;
+- `adapters_off` (LoRA family, on request): the same weights with the adapters disabled, one no-grad
+  forward of both sides in every step;
 - ORPO and SimPO need no reference.
 
 ORPO adds the chosen rows' negative log-likelihood, a mean over their *tokens* (every token after
@@ -36,13 +40,13 @@ STATS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accur
          "logps/rejected")
 
 
-def reference_mode(loss: str, method: str, reference: str) -> str:
-    """Which reference a run uses: none (orpo, simpo), adapters_off (LoRA family) or cached (full, freeze)."""
+def reference_mode(loss: str, reference: str) -> str:
+    """Which reference a run uses: none (orpo, simpo), else `reference`, where auto is cached for every method
+    (a fresh adapter leaves the model equal to its base; tests/train/test_alignment.py checks cached equals
+    adapters_off step by step); config.py refuses adapters_off without a LoRA-family method."""
     if loss in NO_REFERENCE:
         return "none"
-    if reference != "auto":
-        return reference
-    return "adapters_off" if method in ("lora", "lora_plus", "dora", "qlora") else "cached"
+    return "cached" if reference == "auto" else reference
 
 
 class Preference(Objective):
@@ -175,6 +179,10 @@ def with_reference_logps(model: torch.nn.Module, objective: Preference, prepared
         was_training = model.training
         model.eval()
         saved = {}
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(train_ds) + len(val_ds), desc="reference log-probs", unit="pair",
+                   disable=not accelerator.is_local_main_process)
         for name, ds in (("train", train_ds), ("validation", val_ds)):
             chosen, rejected = [], []
             for start in range(0, len(ds), batch_size):
@@ -186,7 +194,9 @@ def with_reference_logps(model: torch.nn.Module, objective: Preference, prepared
                 sums = per_row(t.logps, t.rows, n).double().cpu().tolist()
                 chosen += sums[: n // 2]
                 rejected += sums[n // 2:]
+                bar.update(n // 2)
             saved[name] = {"chosen": chosen, "rejected": rejected}
+        bar.close()
         model.train(was_training)
         if accelerator.is_main_process:
             tmp = path.with_suffix(".tmp")
