@@ -231,6 +231,8 @@ class TrainingConfig:
     """auto: bf16 (else fp16) autocast on a GPU, fp32 on CPU"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
+    trim_heap: bool = True
+    """CPU with glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's forward (malloc_trim; train/heap.py), so the holes glibc cannot reuse are not resident at the peak: about a quarter less peak memory for LoRA at a few percent of speed (BENCHMARKS.md); no effect on a GPU"""
     max_memory: str | None = None
     """a memory budget per process (e.g. 6GB, 512MiB; 1 GB = 1024 MB): batch_size, grad_accum and gradient_checkpointing are chosen by the estimator to fit it, keeping batch_size x grad_accum (`tunelab estimate --max-memory` shows the plan)"""
     seed: int = 0
@@ -260,7 +262,7 @@ class ObjectiveConfig:
     simpo_gamma: float = 0.5
     """dpo simpo: target reward margin, as a ratio of beta (TRL's simpo_gamma)"""
     reference: Literal["auto", "adapters_off", "cached"] = "auto"
-    """dpo sigmoid/ipo/robust, grpo with kl_coef > 0: the reference model. auto: the base with adapters disabled for the LoRA family, log-probabilities computed once before training and cached with the prepared data for full/freeze (dpo)"""
+    """dpo sigmoid/ipo/robust: the reference model. auto = cached: every pair's log-probabilities under the model as loaded (a fresh adapter adds nothing), computed once before training and stored with the prepared data; adapters_off (LoRA family): the base with adapters disabled, one no-grad forward each step. grpo with kl_coef > 0 always uses the base with adapters off (LoRA family) or a frozen copy (full, freeze)"""
     num_generations: int = 8
     """grpo: completions sampled per prompt (the group whose rewards are normalised together)"""
     max_new_tokens: int = 256
@@ -435,6 +437,10 @@ def check_values(cfg: "Config") -> None:
         raise ConfigError("config key 'method.name': qlora adapts a pretrained model quantized to 4 bits; a model "
                           "built from scratch (model.from_scratch: true) has no pretrained weights: use full or lora")
     o = cfg.objective
+    if cfg.stage == "dpo" and o.reference == "adapters_off" and cfg.method.name not in ("lora", "lora_plus", "dora",
+                                                                                          "qlora"):
+        raise ConfigError(f"config key 'objective.reference': adapters_off needs a LoRA-family method, not "
+                          f"method.name {cfg.method.name}; use auto (cached)")
     n_rewards = len(o.rewards) + (1 if o.reward_fn else 0)
     if cfg.stage == "grpo" and not n_rewards:
         raise ConfigError("config key 'objective.rewards': stage grpo needs at least one reward (e.g. [correct]) or "

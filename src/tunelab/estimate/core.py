@@ -77,7 +77,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              quant_type: str = "nf4", double_quant: bool = True, momentum: float = 0.9,
              freeze_trainable_layers: int = 2, attention: str = "sdpa", weights_dtype: str = "auto",
              packing: bool = True, vocab_size: int | None = None, grad_accum: int = 1, nproc: int = 1,
-             strategy: str = "ddp", checkpoint_mapped: bool = False) -> Estimate:
+             strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False) -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -86,7 +86,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     ...) or a DeviceProfile. Memory is per process; with `nproc` > 1 the `strategy` shards: `ddp`
     nothing (plus DDP's gradient buckets), `zero2` gradients and optimizer state, `fsdp`/`zero3` also
     the weights (plus one gathered layer). `checkpoint_mapped`: the weights are views of the
-    checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA."""
+    checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA.
+    `trim_heap`: `training.trim_heap` (train/heap.py), counted where it applies (CPU, glibc < 2.38)."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
     _check("--strategy", strategy, STRATEGIES)
@@ -218,9 +219,12 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
                   ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "distributed")}
     if not gpu:  # resident memory also holds libraries loaded after the baseline and allocator slack
         components["framework"] = framework_overhead(method=method, optimizer=optimizer)
+        from ..train.heap import EVERY, applies
+
         components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
-                                                      checkpointing=grad_checkpointing)
+                                                      checkpointing=grad_checkpointing, layers=grad_layers,
+                                                      trimmed_every=EVERY if trim_heap and applies("cpu") else 0)
         note = glibc_note()
         if note:
             notes.append(note)

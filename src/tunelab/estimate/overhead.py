@@ -20,6 +20,8 @@ things then count that a GPU's `max_memory_allocated` would not:
                                  the activations never share it: min(volume, decoder gradients)
    Tensors of 32 MB or more bypass the heap (glibc maps and unmaps them), which is why the logits
    chunks and the vocabulary-sized embedding gradient count only while alive.
+   With `training.trim_heap` (train/heap.py) the free pages are handed back after every EVERY-th
+   decoder layer, so only EVERY / layers of the frozen-base term is resident at the peak.
 """
 from __future__ import annotations
 
@@ -44,11 +46,16 @@ def framework_overhead(*, method: str, optimizer: str) -> float:
     return total
 
 
-def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, checkpointing: bool) -> float:
-    """Bytes the heap holds beyond the live tensors at the peak (see the module docstring)."""
+def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, checkpointing: bool,
+                        trimmed_every: int = 0, layers: int = 1) -> float:
+    """Bytes the heap holds beyond the live tensors at the peak (see the module docstring).
+
+    `trimmed_every` > 0 (`training.trim_heap`, train/heap.py): the free pages are handed back after every
+    that many decoder layers, so a frozen base's holes are resident for those layers only."""
     if trained:
         return min(volume, gradients)
-    return (K_FROZEN_GC if checkpointing else K_FROZEN) * volume
+    slack = (K_FROZEN_GC if checkpointing else K_FROZEN) * volume
+    return slack * min(1.0, trimmed_every / max(layers, 1)) if trimmed_every else slack
 
 
 def glibc_note() -> str | None:

@@ -182,7 +182,7 @@ def objective_settings(cfg: C.Config, tokenizer: Any, end_of_turn: str, run_dir:
         from .dpo import reference_mode
 
         return dict(pad_id=tokenizer.pad_token_id, loss=o.loss, beta=o.beta, label_smoothing=o.label_smoothing,
-                    simpo_gamma=o.simpo_gamma, reference=reference_mode(o.loss, cfg.method.name, o.reference))
+                    simpo_gamma=o.simpo_gamma, reference=reference_mode(o.loss, o.reference))
     from ..models.generation import pad_token_id, stop_token_ids
     from .rewards import build_rewards
 
@@ -229,7 +229,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     from ..models.load import config_tokenizer, identity
     from ..paths import clean_leftovers, mark, remove_output
     from . import checkpoint as ckpt
-    from .distributed import configure_deepspeed, make_accelerator, strategy_of
+    from .distributed import check_strategy, configure_deepspeed, make_accelerator, strategy_of
     from .loop import FitSettings, StepPlan, TrainState, fit
     from .methods import count_params, describe
     from .objectives import build_objective
@@ -237,14 +237,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     mp = mixed_precision(cfg.training.precision, device)
     accelerator = make_accelerator(mixed_precision=mp, cpu=device == "cpu", grad_accum=cfg.training.grad_accum)
     strategy = strategy_of(accelerator)
-    if cfg.method.name == "qlora" and strategy in ("fsdp", "zero2", "zero3"):
-        raise C.ConfigError(f"method qlora under strategy {strategy} is not supported (4-bit weights cannot be "
-                            "sharded or partitioned here); use --strategy ddp, or method lora")
-    if cfg.stage in ("dpo", "grpo") and strategy in ("fsdp", "zero2", "zero3"):
-        # the reference pass (adapters off) and GRPO's rollouts need whole weights on every process;
-        # tested on one process and DDP only
-        raise C.ConfigError(f"stage {cfg.stage} under strategy {strategy} is not supported yet; use one process or "
-                            "--strategy ddp")
+    check_strategy(cfg, strategy)
     main = accelerator.is_main_process
     if main and overwrite:
         remove_output(run_dir, "run", inputs_of(cfg))
@@ -305,19 +298,24 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     # 3. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
     model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
+    if t.trim_heap:  # CPU, glibc < 2.38: the forward's holes handed back while it runs (train/heap.py)
+        from .heap import trim_heap_during_forward
+
+        trim_heap_during_forward(model, device=device)
     trainable, total = count_params(model)
     from ..models.flops import flops_per_token
 
     per_token = flops_per_token(model.config, total, cfg.data.max_length)
     accelerator.print(f"[tunelab] {describe(model, cfg.method.name)}; {per_token / 1e9:.3g} GFLOPs per trained "
                       f"token (6N + 12·L·d·T at T={cfg.data.max_length})")
-    if getattr(objective, "reference", None) == "cached":  # dpo, full/freeze: before any weight changes
+    if getattr(objective, "reference", None) == "cached":  # dpo: before any weight changes or restore
         from .dpo import with_reference_logps
 
+        # 4-bit weights give other log-probabilities than the same model unquantized: part of the cache key
+        model_id = fingerprint["model"] + (f" 4bit {sorted(quant.items())}" if quant else "")
         with accelerator.main_process_first():
-            train_ds, val_ds = with_reference_logps(model, objective, prepared, train_ds, val_ds,
-                                                    model_id=fingerprint["model"], accelerator=accelerator,
-                                                    batch_size=t.batch_size)
+            train_ds, val_ds = with_reference_logps(model, objective, prepared, train_ds, val_ds, model_id=model_id,
+                                                    accelerator=accelerator, batch_size=t.batch_size)
     if getattr(objective, "reference", None) == "copy" and cfg.objective.kl_coef > 0:  # grpo, full/freeze
         import copy
 
