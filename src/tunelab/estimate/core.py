@@ -224,7 +224,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
                                                       checkpointing=grad_checkpointing, layers=grad_layers,
-                                                      trimmed_every=EVERY if trim_heap and applies("cpu") else 0)
+                                                      trimmed_every=EVERY if trim_heap and applies("cpu") else 0,
+                                                      phase=phase)
         note = glibc_note()
         if note:
             notes.append(note)
