@@ -25,7 +25,8 @@ from typing import Any
 from ..config import MEMORY_EXAMPLE, memory_mb
 from ..errors import ConfigError
 
-MARGIN = 0.10  # the estimator's measured error on CPU: mean 3.6%, 21 of 23 rows within 10% (docs/estimate.md)
+MARGIN = 0.10  # the estimator's measured error on CPU (2026-12-07): mean 3.3%, 22 of 23 rows within 10%, QLoRA with
+# checkpointing -16.7% (docs/estimate.md); with training.trim_heap all 23 within 10%
 PLANNED = ("batch_size", "grad_accum", "gradient_checkpointing")
 SELECTIVE = ("selective checkpointing (only some layers) is not in tunelab yet: checkpointing is off or every "
              "decoder layer")
