@@ -13,7 +13,7 @@ Runners
   tunelab       `tunelab.train.recipe.train(cfg)`, the real `tunelab train` path, with its defaults
                 (packing into rows of --max-length, chunked loss on supervised positions only).
   tunelab_trim  the same with `training.trim_heap=true` (the heap's free pages handed back during the
-                forward, train/heap.py): what trimming saves in memory and costs in speed.
+                forward, models/heap.py): what trimming saves in memory and costs in speed.
   tunelab_gc    the same with `training.gradient_checkpointing=true`, the memory-saving setting TRL's
                 defaults switch on: the like-for-like memory comparison with trl_default.
   trl_default   `SFTTrainer` on a prompt-completion dataset with its defaults (gradient checkpointing

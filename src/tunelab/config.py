@@ -232,7 +232,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
     trim_heap: bool = False
-    """CPU with glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's training forward (malloc_trim; train/heap.py), so the holes glibc cannot reuse between saved activations are not resident at the peak. SmolLM2-135M LoRA: peak 2,909 -> 2,172 MB, speed -18% (full fine-tuning: -4% memory, -9% speed); BENCHMARKS.md. No effect on a GPU"""
+    """CPU with glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's training forward (malloc_trim; models/heap.py), so the holes glibc cannot reuse between saved activations are not resident at the peak. SmolLM2-135M LoRA: peak 2,909 -> 2,172 MB, speed -18% (full fine-tuning: -4% memory, -9% speed); BENCHMARKS.md. No effect on a GPU"""
     max_memory: str | None = None
     """a memory budget per process (e.g. 6GB, 512MiB; 1 GB = 1024 MB): batch_size, grad_accum and gradient_checkpointing are chosen by the estimator to fit it, keeping batch_size x grad_accum (`tunelab estimate --max-memory` shows the plan)"""
     seed: int = 0

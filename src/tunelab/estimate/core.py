@@ -87,7 +87,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     nothing (plus DDP's gradient buckets), `zero2` gradients and optimizer state, `fsdp`/`zero3` also
     the weights (plus one gathered layer). `checkpoint_mapped`: the weights are views of the
     checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA.
-    `trim_heap`: `training.trim_heap` (train/heap.py), counted where it applies (CPU, glibc < 2.38)."""
+    `trim_heap`: `training.trim_heap` (models/heap.py), counted where it applies (CPU, glibc < 2.38)."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
     _check("--strategy", strategy, STRATEGIES)
@@ -219,7 +219,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
                   ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "distributed")}
     if not gpu:  # resident memory also holds libraries loaded after the baseline and allocator slack
         components["framework"] = framework_overhead(method=method, optimizer=optimizer)
-        from ..train.heap import EVERY, applies
+        from ..models.heap import EVERY, applies
 
         components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,

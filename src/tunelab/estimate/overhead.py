@@ -20,7 +20,7 @@ things then count that a GPU's `max_memory_allocated` would not:
                                  the activations never share it: min(volume, decoder gradients)
    Tensors of 32 MB or more bypass the heap (glibc maps and unmaps them), which is why the logits
    chunks and the vocabulary-sized embedding gradient count only while alive.
-   With `training.trim_heap` (train/heap.py) the free pages are handed back after every EVERY-th
+   With `training.trim_heap` (models/heap.py) the free pages are handed back after every EVERY-th
    decoder layer, so only EVERY / layers of the frozen-base term is resident at the peak.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, check
                         trimmed_every: int = 0, layers: int = 1, phase: str = "loss backward") -> float:
     """Bytes the heap holds beyond the live tensors at the peak `phase` (see the module docstring).
 
-    `trimmed_every` > 0 (`training.trim_heap`, train/heap.py): the free pages are handed back after every
+    `trimmed_every` > 0 (`training.trim_heap`, models/heap.py): the free pages are handed back after every
     that many decoder layers, so a frozen base's holes are resident for those layers only; a trained
     base's, in a backward without checkpointing, half of them (K_TRAINED_TRIMMED)."""
     if trained:

@@ -298,8 +298,8 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     # 3. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
     model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
-    if t.trim_heap:  # CPU, glibc < 2.38: the forward's holes handed back while it runs (train/heap.py)
-        from .heap import trim_heap_during_forward
+    if t.trim_heap:  # CPU, glibc < 2.38: the forward's holes handed back while it runs (models/heap.py)
+        from ..models.heap import trim_heap_during_forward
 
         trim_heap_during_forward(model, device=device)
     trainable, total = count_params(model)

@@ -1,4 +1,4 @@
-"""`training.trim_heap` (train/heap.py): the holes glibc < 2.38 leaves between aligned CPU tensors are
+"""`training.trim_heap` (models/heap.py): the holes glibc < 2.38 leaves between aligned CPU tensors are
 handed back to the system during the forward; nothing a run computes changes."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from tests.train.test_train import assert_same_weights, losses
 from tunelab import config as C
-from tunelab.train import heap
+from tunelab.models import heap
 from tunelab.train.recipe import train
 
 needs_old_glibc = pytest.mark.skipif(not heap.applies("cpu"), reason="trimming applies to glibc < 2.38 only")
