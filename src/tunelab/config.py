@@ -231,8 +231,10 @@ class TrainingConfig:
     """auto: bf16 (else fp16) autocast on a GPU, fp32 on CPU"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
+    cpu_allocator: Literal["auto", "torch"] = "auto"
+    """CPU runs: auto allocates tensors with plain malloc, aligned by hand (models/cpu_alloc.py, compiled once with the system's C++ compiler; torch's allocator where none is found), so glibc < 2.38 reuses the blocks a forward frees: SmolLM2-135M LoRA peak 2,907 -> 2,020 MB and faster (BENCHMARKS.md); torch: torch's own posix_memalign allocator"""
     trim_heap: bool = False
-    """CPU with glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's training forward (malloc_trim; models/heap.py), so the holes glibc cannot reuse between saved activations are not resident at the peak. SmolLM2-135M LoRA: peak 2,909 -> 2,172 MB, speed -18% (full fine-tuning: -4% memory, -9% speed); BENCHMARKS.md. No effect on a GPU"""
+    """CPU with training.cpu_allocator torch and glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's training forward (malloc_trim; models/heap.py), so the holes glibc cannot reuse between saved activations are not resident at the peak. SmolLM2-135M LoRA: peak 2,909 -> 2,172 MB, speed -18% (full fine-tuning: -4% memory, -9% speed); BENCHMARKS.md. No effect on a GPU"""
     max_memory: str | None = None
     """a memory budget per process (e.g. 6GB, 512MiB; 1 GB = 1024 MB): batch_size, grad_accum and gradient_checkpointing are chosen by the estimator to fit it, keeping batch_size x grad_accum (`tunelab estimate --max-memory` shows the plan)"""
     seed: int = 0

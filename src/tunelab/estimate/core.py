@@ -77,7 +77,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              quant_type: str = "nf4", double_quant: bool = True, momentum: float = 0.9,
              freeze_trainable_layers: int = 2, attention: str = "sdpa", weights_dtype: str = "auto",
              packing: bool = True, vocab_size: int | None = None, grad_accum: int = 1, nproc: int = 1,
-             strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False) -> Estimate:
+             strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False,
+             cpu_allocator: str = "auto") -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -87,7 +88,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     nothing (plus DDP's gradient buckets), `zero2` gradients and optimizer state, `fsdp`/`zero3` also
     the weights (plus one gathered layer). `checkpoint_mapped`: the weights are views of the
     checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA.
-    `trim_heap`: `training.trim_heap` (models/heap.py), counted where it applies (CPU, glibc < 2.38)."""
+    `trim_heap`: `training.trim_heap` (models/heap.py), counted where it applies (CPU, glibc < 2.38, torch's
+    allocator). `cpu_allocator`: `training.cpu_allocator` (models/cpu_alloc.py), counted where it will be used."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
     _check("--strategy", strategy, STRATEGIES)
@@ -219,13 +221,15 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
                   ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "distributed")}
     if not gpu:  # resident memory also holds libraries loaded after the baseline and allocator slack
         components["framework"] = framework_overhead(method=method, optimizer=optimizer)
+        from ..models.cpu_alloc import expected
         from ..models.heap import EVERY, applies
 
+        aligned = expected(cpu_allocator, "cpu")
+        trimmed = EVERY if trim_heap and applies("cpu") and not aligned else 0
         components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
                                                       checkpointing=grad_checkpointing, layers=grad_layers,
-                                                      trimmed_every=EVERY if trim_heap and applies("cpu") else 0,
-                                                      phase=phase)
+                                                      trimmed_every=trimmed, phase=phase, malloc_aligned=aligned)
         note = glibc_note()
         if note:
             notes.append(note)

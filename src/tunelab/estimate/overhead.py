@@ -35,6 +35,10 @@ K_FROZEN_GC = 0.7
 # of bench/estimate.py (2026-12-07; measured 166-221 MB below the untrimmed slack of 405 MB)
 K_TRAINED_TRIMMED = 0.5
 
+# tunelab's malloc-aligned allocator (models/cpu_alloc.py), a share of the activation volume: PLACEHOLDER
+K_ALIGNED_FROZEN = 0.0
+K_ALIGNED_TRAINED = 0.0
+
 LORA_FAMILY = ("lora", "lora_plus", "dora", "qlora")
 
 
@@ -50,12 +54,17 @@ def framework_overhead(*, method: str, optimizer: str) -> float:
 
 
 def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, checkpointing: bool,
-                        trimmed_every: int = 0, layers: int = 1, phase: str = "loss backward") -> float:
+                        trimmed_every: int = 0, layers: int = 1, phase: str = "loss backward",
+                        malloc_aligned: bool = False) -> float:
     """Bytes the heap holds beyond the live tensors at the peak `phase` (see the module docstring).
 
     `trimmed_every` > 0 (`training.trim_heap`, models/heap.py): the free pages are handed back after every
     that many decoder layers, so a frozen base's holes are resident for those layers only; a trained
-    base's, in a backward without checkpointing, half of them (K_TRAINED_TRIMMED)."""
+    base's, in a backward without checkpointing, half of them (K_TRAINED_TRIMMED).
+    `malloc_aligned` (`training.cpu_allocator` auto, models/cpu_alloc.py): freed blocks are reused, so
+    only what a heap keeps in any case remains (K_ALIGNED_*)."""
+    if malloc_aligned:
+        return (K_ALIGNED_TRAINED if trained else K_ALIGNED_FROZEN) * volume
     if trained:
         slack = min(volume, gradients)
         if trimmed_every and not checkpointing and phase != "optimizer step":

@@ -239,6 +239,11 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     strategy = strategy_of(accelerator)
     check_strategy(cfg, strategy)
     main = accelerator.is_main_process
+    from ..models.cpu_alloc import install as install_allocator
+
+    allocator = install_allocator(cfg.training.cpu_allocator, device)  # before any weight (models/cpu_alloc.py)
+    if device == "cpu":
+        accelerator.print(f"[tunelab] CPU tensors from: {allocator}")
     if main and overwrite:
         remove_output(run_dir, "run", inputs_of(cfg))
     if main:
@@ -298,7 +303,8 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     # 3. model, objective, optimizer; a resumed run's checkpoint restored before any file is written
     quant = qlora_settings(cfg.method, mp)
     model = load_trainable(cfg, quant, tokenizer=tokenizer, device=device, local_rank=accelerator.local_process_index)
-    if t.trim_heap:  # CPU, glibc < 2.38: the forward's holes handed back while it runs (models/heap.py)
+    if t.trim_heap and allocator != "malloc-aligned":  # glibc < 2.38's holes handed back (models/heap.py);
+        # tunelab's allocator leaves none to hand back
         from ..models.heap import trim_heap_during_forward
 
         trim_heap_during_forward(model, device=device)
@@ -383,7 +389,7 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
     summary = {
         "method": cfg.method.name, "optimizer": o.name, "stage": cfg.stage, "model": cfg.model.name,
         "trainable_params": trainable, "total_params": total, "peak_mem_mb": max(peaks), "peak_mem_kind": peak_kind,
-        "peak_mem_mb_per_process": peaks,
+        "peak_mem_mb_per_process": peaks, "cpu_allocator": allocator if device == "cpu" else None,
         "train_time_s": round(state.train_time_s, 3), "epoch_times_s": state.epoch_times_s,
         "steps": state.step, "epochs_completed": state.epoch, "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
