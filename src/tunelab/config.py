@@ -231,6 +231,8 @@ class TrainingConfig:
     """auto: bf16 (else fp16) autocast on a GPU, fp32 on CPU"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
+    recompute_elementwise: bool = True
+    """keep fewer activations at no matrix-product cost: the outputs of RMSNorm and of the gated MLP's activation and product are made again in the backward from tensors kept anyway (models/recompute.py; bit-identical). SmolLM2-135M, 486 tokens: 38% less kept by the forward (BENCHMARKS.md). No effect with gradient_checkpointing (which recomputes everything)"""
     cpu_allocator: Literal["auto", "torch"] = "auto"
     """CPU runs: auto allocates tensors with plain malloc, aligned by hand (models/cpu_alloc.py, compiled once with the system's C++ compiler; torch's allocator where none is found), so glibc < 2.38 reuses the blocks a forward frees: SmolLM2-135M LoRA peak 2,907 -> 2,020 MB and faster (BENCHMARKS.md); torch: torch's own posix_memalign allocator"""
     trim_heap: bool = False

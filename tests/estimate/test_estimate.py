@@ -19,6 +19,8 @@ from tunelab.estimate import estimate
 from tunelab.estimate import memory as M
 from tunelab.estimate.devices import DeviceProfile, resolve_device
 from tunelab.estimate.shape import ModelShape, resolve_targets
+from tunelab.models import recompute as recompute_module
+from tunelab.models.recompute import recompute_elementwise
 
 GPU = DeviceProfile("test-gpu", "cuda", 80e9, 1e15, 6e13, 0.4)
 CPU = DeviceProfile("test-cpu", "cpu", 16e9, 2e11, 1e11, 0.5)
@@ -151,7 +153,8 @@ def test_logits_stop_growing_past_one_chunk():
 
 
 def _saved_per_layer(arch: str, *, lora: bool, dropout: float, bf16: bool, gc: bool, targets, r: int = 16,
-                     batch: int = 3, seq: int = 40, freeze_below_last: bool = False) -> tuple[float, float]:
+                     batch: int = 3, seq: int = 40, freeze_below_last: bool = False,
+                     recompute: bool = False) -> tuple[float, float]:
     """(activation bytes, autocast weight-copy bytes) saved per decoder layer: the difference between a
     3-layer and a 2-layer model, so embeddings, final norm and rotary tables cancel."""
 
@@ -171,6 +174,8 @@ def _saved_per_layer(arch: str, *, lora: bool, dropout: float, bf16: bool, gc: b
             peft_targets = "all-linear" if targets == ["all-linear"] else targets
             model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=dropout,
                                                      target_modules=peft_targets))
+        if recompute:  # training.recompute_elementwise, as tunelab applies it (after peft)
+            assert recompute_elementwise(model) > 0
         model.train()
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
@@ -183,11 +188,20 @@ def _saved_per_layer(arch: str, *, lora: bool, dropout: float, bf16: bool, gc: b
                 (copies if tuple(t.shape) in shapes else acts)[key] = t.untyped_storage().nbytes()
             return t
 
+        def layer_pack(t):  # inside a decoder layer recompute's hook is the innermost: count what it keeps
+            out = real_pack(t)
+            return pack(out) if isinstance(out, torch.Tensor) else out
+
         ids = torch.randint(0, DIMS["vocab_size"], (batch, seq))
         decoder = model.get_base_model().model if lora else model.model
         ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-            decoder(input_ids=ids, position_ids=torch.arange(seq).repeat(batch, 1), use_cache=False)
+        real_pack = recompute_module._pack
+        recompute_module._pack = layer_pack
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+                decoder(input_ids=ids, position_ids=torch.arange(seq).repeat(batch, 1), use_cache=False)
+        finally:
+            recompute_module._pack = real_pack
         return sum(acts.values()), sum(copies.values())
 
     (a2, c2), (a3, c3) = saved(2), saved(3)
@@ -217,6 +231,19 @@ def test_layer_activations_equal_the_saved_tensors(arch, lora, dropout, bf16, ta
                                             bf16=bf16)
     expected_copies = M.weight_copies(shape, adapted=adapted, r=16, quantized=False) if bf16 else 0
     assert copies == expected_copies
+
+
+@pytest.mark.parametrize("arch,lora,dropout,bf16,targets", CASES + [("llama", True, 0.0, True, ["all-linear"])])
+def test_layer_activations_with_elementwise_recompute_equal_the_saved_tensors(arch, lora, dropout, bf16, targets):
+    """training.recompute_elementwise (models/recompute.py): what the decoder layers still keep."""
+    shape = ModelShape.from_config(config(arch))
+    adapted = resolve_targets(shape, targets) if lora else []
+    per_token, _ = _saved_per_layer(arch, lora=lora, dropout=dropout, bf16=bf16, gc=False, targets=targets,
+                                    recompute=True)
+    assert per_token == M.layer_activations(shape, trained=not lora, adapted=adapted, r=16, dropout=dropout > 0,
+                                            bf16=bf16, recompute=True)
+    assert per_token < M.layer_activations(shape, trained=not lora, adapted=adapted, r=16, dropout=dropout > 0,
+                                           bf16=bf16)
 
 
 @pytest.mark.parametrize("lora,bf16", [(False, False), (True, False), (False, True)])

@@ -75,7 +75,8 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
                     freeze_trainable_layers=m.freeze_trainable_layers, attention=cfg.model.attn_implementation,
                     weights_dtype=cfg.model.dtype, packing=d.packing and cfg.stage in ("sft", "pt"), grad_accum=t.grad_accum, vocab_size=vocab,
                     nproc=nproc, strategy=strategy, checkpoint_mapped=mapped, trim_heap=t.trim_heap,
-                    cpu_allocator=t.cpu_allocator)
+                    cpu_allocator=t.cpu_allocator,
+                    recompute_elementwise=t.recompute_elementwise)
 
 
 def _scratch(cfg: Any, model_config: Any) -> tuple[Any, int | None]:

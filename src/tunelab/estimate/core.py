@@ -78,7 +78,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              freeze_trainable_layers: int = 2, attention: str = "sdpa", weights_dtype: str = "auto",
              packing: bool = True, vocab_size: int | None = None, grad_accum: int = 1, nproc: int = 1,
              strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False,
-             cpu_allocator: str = "auto") -> Estimate:
+             cpu_allocator: str = "auto", recompute_elementwise: bool = True) -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -89,7 +89,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     the weights (plus one gathered layer). `checkpoint_mapped`: the weights are views of the
     checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA.
     `trim_heap`: `training.trim_heap` (models/heap.py), counted where it applies (CPU, glibc < 2.38, torch's
-    allocator). `cpu_allocator`: `training.cpu_allocator` (models/cpu_alloc.py), counted where it will be used."""
+    allocator). `cpu_allocator`: `training.cpu_allocator` (models/cpu_alloc.py), counted where it will be used.
+    `recompute_elementwise`: `training.recompute_elementwise` (models/recompute.py; no effect with checkpointing)."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
     _check("--strategy", strategy, STRATEGIES)
@@ -153,10 +154,13 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     head_grad = M.FP32 * V * H if head_trains else 0.0
 
     # --- activations --------------------------------------------------------------------------------
-    per_tok = M.layer_activations(shape, trained=not lora, adapted=adapted, r=lora_r, dropout=lora_dropout > 0,
-                                  bf16=half, attention=attention, seq_len=seq_len)
+    def per_layer(remade: bool) -> float:
+        return M.layer_activations(shape, trained=not lora, adapted=adapted, r=lora_r, dropout=lora_dropout > 0,
+                                   bf16=half, attention=attention, seq_len=seq_len, recompute=remade) * n_tok + copies
+
     copies = M.weight_copies(shape, adapted=adapted, r=lora_r, quantized=quantized) if half else 0
-    layer_full = per_tok * n_tok + copies
+    layer_full = per_layer(recompute_elementwise and not grad_checkpointing)
+    layer_allocated = per_layer(False)  # what the forward allocates (remade tensors are made, then freed)
     # freeze: layers below the first trained one need no gradient, so autograd records nothing there
     grad_layers = min(freeze_trainable_layers, L) if method == "freeze" else L
     if grad_checkpointing:
@@ -226,7 +230,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
 
         aligned = expected(cpu_allocator, "cpu")
         trimmed = EVERY if trim_heap and applies("cpu") and not aligned else 0
-        components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_full,
+        components["allocator"] = cpu_allocator_slack(volume=grad_layers * layer_allocated,
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
                                                       checkpointing=grad_checkpointing, layers=grad_layers,
                                                       trimmed_every=trimmed, phase=phase, malloc_aligned=aligned)

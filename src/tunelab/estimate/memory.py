@@ -16,7 +16,12 @@ Under bf16 autocast the residual stream and norms stay fp32 and the rest is bf16
   frozen base:   fp32 2H + nh + 2,  bf16 2Q + 2KV + 3I;        q/k norm: fp32 Q+KV+nh+nkv
      + per adapted linear: bf16 r + d_in (each adapter casts its input), + fp32 d_in with dropout
 and autocast keeps a bf16 copy of every linear weight of the decoder (and of the head in the loss)
-from the forward until its backward. With gradient checkpointing each layer keeps only its fp32
+from the forward until its backward. With `training.recompute_elementwise` (models/recompute.py) the
+MLP's act(gate) and product, the RMSNorms' normalised input and output are made again in the backward:
+  trained base:  - 4H - 2I (fp32);  bf16: - fp32 2H - bf16 2I;   q/k norm: - Q - KV (fp32 or bf16)
+  frozen base:   - I and the adapters' input groups (fp32, no dropout: those inputs are all remade);
+                 bf16: - I (the adapters keep their own casts of their inputs); with dropout they keep
+                 the dropout's output instead of the inputs With gradient checkpointing each layer keeps only its fp32
 input (H), and the backward recomputes one layer at a time.
 """
 from __future__ import annotations
@@ -49,8 +54,10 @@ def _input_groups(adapted: list[tuple[str, int, int]]) -> int:
 
 
 def layer_activations(shape: ModelShape, *, trained: bool, adapted: list[tuple[str, int, int]], r: int,
-                      dropout: bool, bf16: bool, attention: str = "sdpa", seq_len: int = 0) -> float:
-    """Bytes autograd saves per token in one decoder layer (no checkpointing)."""
+                      dropout: bool, bf16: bool, attention: str = "sdpa", seq_len: int = 0,
+                      recompute: bool = False) -> float:
+    """Bytes autograd saves per token in one decoder layer (no checkpointing); `recompute`:
+    `training.recompute_elementwise` (tests/estimate checks every case against the saved tensors)."""
     h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
     nh, nkv = shape.heads, shape.kv_heads
     if trained:
@@ -60,6 +67,11 @@ def layer_activations(shape: ModelShape, *, trained: bool, adapted: list[tuple[s
         if shape.qk_norm:
             f32 += (q + kv + nh + nkv) if bf16 else (2 * q + 2 * kv + nh + nkv)
             b16 += (q + kv) if bf16 else 0
+        if recompute:
+            if bf16:
+                f32, b16 = f32 - 2 * h, b16 - 2 * i - ((q + kv) if shape.qk_norm else 0)
+            else:
+                f32 -= 4 * h + 2 * i + ((q + kv) if shape.qk_norm else 0)
     else:
         f32, b16 = 2 * h + 2 * q + 2 * kv + 3 * i + nh + 2, 0
         if bf16:
@@ -72,8 +84,13 @@ def layer_activations(shape: ModelShape, *, trained: bool, adapted: list[tuple[s
                 f32 += d_in if dropout else 0
             else:
                 f32 += r + (2 * d_in if dropout else 0)
-        if adapted and not bf16 and not dropout:
+        if adapted and not bf16 and not dropout and not recompute:
             f32 += _input_groups(adapted)
+        if recompute:  # act(gate); under autocast the adapters read their own casts of the product
+            if bf16:
+                b16 -= i
+            else:
+                f32 -= i
     if attention == "eager":  # the softmax probabilities (fp32), and their bf16 copy for the matmul
         f32 += nh * seq_len
         b16 += nh * seq_len if bf16 else 0

@@ -9,6 +9,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -17,20 +18,31 @@ namespace {
 
 constexpr std::size_t kAlign = 64;  // what torch's own CPU allocator guarantees (c10::gAlignment)
 
+// bytes of tensors alive now and at most since the last reset: the CPU's max_memory_allocated
+std::atomic<std::size_t> live{0}, high{0};
+
 void free_aligned(void* p) {
-  if (p) std::free(static_cast<void**>(p)[-1]);
+  if (!p) return;
+  live.fetch_sub(static_cast<std::size_t*>(p)[-2], std::memory_order_relaxed);
+  std::free(static_cast<void**>(p)[-1]);
 }
 
 struct MallocAligned final : c10::Allocator {
   c10::DataPtr allocate(std::size_t n) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (n == 0) return {nullptr, nullptr, &free_aligned, cpu};
-    // malloc returns 16-byte-aligned blocks: the aligned start is 16 to 64 bytes in, room for the pointer
+    // malloc returns 16-byte-aligned blocks: the aligned start is 16 to 64 bytes in, room for the
+    // block's start and the size just below it
     void* raw = std::malloc(n + kAlign);
     if (!raw) throw std::bad_alloc();
-    auto at = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + kAlign - 1) & ~(kAlign - 1);
+    auto at = (reinterpret_cast<std::uintptr_t>(raw) + 2 * sizeof(void*) + kAlign - 1) & ~(kAlign - 1);
     void* p = reinterpret_cast<void*>(at);
     static_cast<void**>(p)[-1] = raw;
+    static_cast<std::size_t*>(p)[-2] = n;
+    std::size_t now = live.fetch_add(n, std::memory_order_relaxed) + n;
+    std::size_t top = high.load(std::memory_order_relaxed);
+    while (now > top && !high.compare_exchange_weak(top, now, std::memory_order_relaxed)) {
+    }
     return {p, p, &free_aligned, cpu};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &free_aligned; }
@@ -58,5 +70,9 @@ extern "C" int tunelab_alloc_uninstall() {
   previous = nullptr;
   return 1;
 }
+
+extern "C" std::size_t tunelab_alloc_live() { return live.load(); }
+extern "C" std::size_t tunelab_alloc_peak() { return high.load(); }
+extern "C" void tunelab_alloc_reset_peak() { high.store(live.load()); }
 
 extern "C" int tunelab_alloc_active() { return c10::GetCPUAllocator() == &allocator ? 1 : 0; }

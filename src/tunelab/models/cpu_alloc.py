@@ -107,6 +107,21 @@ def install(setting: str, device: str) -> str:
     return NAME
 
 
+def allocated() -> tuple[int, int]:
+    """Bytes of CPU tensors made by tunelab's allocator alive now, and at most since the last
+    `reset_peak()` (the CPU's `torch.cuda.memory_allocated` / `max_memory_allocated`); (0, 0) when off."""
+    if _lib is None:
+        return 0, 0
+    for f in (_lib.tunelab_alloc_live, _lib.tunelab_alloc_peak):
+        f.restype = ctypes.c_size_t
+    return int(_lib.tunelab_alloc_live()), int(_lib.tunelab_alloc_peak())
+
+
+def reset_peak() -> None:
+    if _lib is not None:
+        _lib.tunelab_alloc_reset_peak()
+
+
 def active() -> bool:
     return _lib is not None and bool(_lib.tunelab_alloc_active())
 

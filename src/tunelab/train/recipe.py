@@ -308,6 +308,13 @@ def train(cfg: C.Config, *, resume: bool = False, overwrite: bool = False,
         from ..models.heap import trim_heap_during_forward
 
         trim_heap_during_forward(model, device=device)
+    if t.recompute_elementwise and not t.gradient_checkpointing:  # fewer kept activations (models/recompute.py)
+        from ..models.recompute import recompute_elementwise
+
+        patched = recompute_elementwise(model)
+        accelerator.print(f"[tunelab] recompute_elementwise: {patched} RMSNorm / MLP modules remake their outputs "
+                          "in the backward" if patched else "[tunelab] recompute_elementwise: no module this "
+                          "model has is one it knows (Llama/Qwen RMSNorm, gated MLP); activations kept as they are")
     trainable, total = count_params(model)
     from ..models.flops import flops_per_token
 
