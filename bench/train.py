@@ -12,8 +12,9 @@ within each repeat and the table reports the median over repeats.
 Runners
   tunelab       `tunelab.train.recipe.train(cfg)`, the real `tunelab train` path, with its defaults
                 (packing into rows of --max-length, chunked loss on supervised positions only).
-  tunelab_trim  the same with `training.trim_heap=true` (the heap's free pages handed back during the
-                forward, models/heap.py): what trimming saves in memory and costs in speed.
+  tunelab_prev  the same with the defaults before issue 24's memory work: `training.cpu_allocator=torch`
+                (torch's posix_memalign allocator, models/cpu_alloc.py) and
+                `training.recompute_elementwise=false` (models/recompute.py): what they save and cost.
   tunelab_gc    the same with `training.gradient_checkpointing=true`, the memory-saving setting TRL's
                 defaults switch on: the like-for-like memory comparison with trl_default.
   trl_default   `SFTTrainer` on a prompt-completion dataset with its defaults (gradient checkpointing
@@ -64,7 +65,7 @@ from typing import Any
 import harness
 import workload
 
-RUNNERS = ("tunelab", "tunelab_trim", "tunelab_gc", "trl_default", "trl_best", "hf_padded512")
+RUNNERS = ("tunelab", "tunelab_prev", "tunelab_gc", "trl_default", "trl_best", "hf_padded512")
 METHODS = ("lora", "full")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 PAD_TO = 512  # the tutorial recipe's fixed length
@@ -82,8 +83,8 @@ TRL_BEST = {"padding_free": True, "max_length": None, "gradient_checkpointing": 
 # Dense bf16 peak of the GPUs we report MFU for (H200 has H100's compute with more memory).
 # Rates measured on the 2-core CPU of BENCHMARKS.md (supervised tok/s, defaults), only to print an
 # expected duration; tunelab_gc's are estimates.
-CPU_SUP_RATE = {("tunelab", "lora"): 65, ("tunelab", "full"): 42, ("tunelab_trim", "lora"): 55,
-                ("tunelab_trim", "full"): 38, ("tunelab_gc", "lora"): 50, ("tunelab_gc", "full"): 33,
+CPU_SUP_RATE = {("tunelab", "lora"): 65, ("tunelab", "full"): 42, ("tunelab_prev", "lora"): 60,
+                ("tunelab_prev", "full"): 40, ("tunelab_gc", "lora"): 50, ("tunelab_gc", "full"): 33,
                 ("trl_default", "lora"): 37, ("trl_default", "full"): 26, ("trl_best", "lora"): 43,
                 ("trl_best", "full"): 31, ("hf_padded512", "lora"): 23, ("hf_padded512", "full"): 18}
 CHILD_OVERHEAD_S = 25  # interpreter + imports + model load + saving, per child
@@ -174,7 +175,7 @@ def tunelab_config(s: dict[str, Any], run_dir: str | Path) -> Any:
                      "precision": s["precision"], "seed": s["seed"], "max_grad_norm": 1.0, "log_every": 1,
                      "eval_every": 0, "save_every": 0,
                      "gradient_checkpointing": bool(s.get("gradient_checkpointing")),
-                     "trim_heap": bool(s.get("trim_heap"))},
+                     **({"cpu_allocator": "torch", "recompute_elementwise": False} if s.get("previous") else {})},
         "output": {"dir": str(run_dir)},
     })
 
@@ -449,7 +450,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         return out
     if spec["runner"].startswith("tunelab"):
         return tunelab_time({**spec, "gradient_checkpointing": spec["runner"] == "tunelab_gc",
-                             "trim_heap": spec["runner"] == "tunelab_trim"})
+                             "previous": spec["runner"] == "tunelab_prev"})
     return peer_time(spec)
 
 
@@ -586,11 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     for m in a.methods if a.device == "cpu" else ():
         # like for like: gradient checkpointing on both sides (TRL's default), so memory and speed with it
         by = {r["runner"]: r for r in rows if r["method"] == m}
-        if "tunelab_trim" in by:  # what training.trim_heap saves and costs against the defaults
-            trim = by["tunelab_trim"]
-            mem = harness.ratio(trim["peak MB"], by["tunelab"]["peak MB"])
-            speed = harness.ratio(trim["sup tok/s"], by["tunelab"]["sup tok/s"])
-            verdicts.append(f"{m}: tunelab_trim vs tunelab (trim_heap on): memory {mem}x, speed {speed}x")
+        if "tunelab_prev" in by:  # the defaults against the defaults before issue 24 (memory, speed)
+            prev = by["tunelab_prev"]
+            mem = harness.ratio(by["tunelab"]["peak MB"], prev["peak MB"])
+            speed = harness.ratio(by["tunelab"]["sup tok/s"], prev["sup tok/s"])
+            verdicts.append(f"{m}: tunelab vs tunelab_prev (the defaults before issue 24): memory {mem}x, "
+                            f"speed {speed}x")
         if "tunelab_gc" in by and "trl_default" in by:
             gc, trl = by["tunelab_gc"], by["trl_default"]
             mem, speed = harness.ratio(gc["peak MB"], trl["peak MB"]), harness.ratio(gc["sup tok/s"], trl["sup tok/s"])

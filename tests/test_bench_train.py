@@ -21,7 +21,7 @@ def test_train_bench_tiny(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "train_cpu.json").read_text())
     assert "bench/train.py --tiny" in res["command"] and res["machine"]["versions"]["trl"] == "1.16.0"
-    runners = ["tunelab", "tunelab_trim", "tunelab_gc", "trl_default", "trl_best", "hf_padded512"]
+    runners = ["tunelab", "tunelab_prev", "tunelab_gc", "trl_default", "trl_best", "hf_padded512"]
 
     # 1. the fairness check: same first micro-batch, same loss, same supervised tokens
     assert res["loss_check_passed"]
@@ -53,5 +53,6 @@ def test_train_bench_tiny(tmp_path):
         assert r["speed tunelab/x"] == pytest.approx(rows["tunelab"]["sup tok/s"] / r["sup tok/s"], rel=2e-3)
     assert any("vs trl_default speed >= 1.3x" in t for t in res["targets"])
     assert any(t.startswith("lora: tunelab_gc vs trl_default (both checkpointing) memory") for t in res["targets"])
-    assert any(t.startswith("lora: tunelab_trim vs tunelab (trim_heap on): memory") for t in res["targets"])
-    assert res["runs"]["tunelab_trim/lora"][0]["step_losses"] == ref  # trimming changes no number
+    assert any(t.startswith("lora: tunelab vs tunelab_prev (the defaults before issue 24): memory")
+               for t in res["targets"])
+    assert res["runs"]["tunelab_prev/lora"][0]["step_losses"] == ref  # allocator and recompute change no number

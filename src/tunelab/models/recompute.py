@@ -36,25 +36,41 @@ _active: list[dict[int, Any]] = []  # the recipes of the decoder layer whose tra
 
 class _Recipe:
     """How to make a kept tensor again: `make()` gives the whole tensor, then the view that was kept."""
-    __slots__ = ("make", "inputs", "versions", "shape", "size", "stride", "offset")
+    __slots__ = ("make", "inputs", "versions", "shape", "made", "size", "stride", "offset")
 
     def __init__(self, make: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...], shape: torch.Size):
         self.make, self.inputs, self.shape = make, inputs, shape
         self.versions = tuple(t._version for t in inputs)
+        # made once for all the ops that kept it (a norm's output feeds q, k and v): shared by the views,
+        # freed with the last of them, when the backward is done with the layer
+        self.made: list[torch.Tensor | None] = [None]
+
+    def whole(self) -> torch.Tensor:
+        """The tensor, made now if no op has asked for it yet."""
+        if self.made[0] is None:
+            if tuple(t._version for t in self.inputs) != self.versions:
+                raise RuntimeError("recompute_elementwise: a tensor needed to remake an activation was modified in "
+                                   "place after the forward (set training.recompute_elementwise=false)")
+            with torch.no_grad():
+                self.made[0] = self.make()
+            assert self.made[0].shape == self.shape, (self.made[0].shape, self.shape)
+        return self.made[0]
 
     def view_of(self, t: torch.Tensor) -> "_Recipe":
         out = _Recipe.__new__(_Recipe)
-        out.make, out.inputs, out.versions, out.shape = self.make, self.inputs, self.versions, self.shape
+        out.make, out.inputs, out.versions, out.shape, out.made = (self.make, self.inputs, self.versions, self.shape,
+                                                                   self.made)
         out.size, out.stride, out.offset = t.size(), t.stride(), t.storage_offset()
         return out
 
 
-def _remember(out: torch.Tensor, make: Callable[[], torch.Tensor], *inputs: torch.Tensor) -> None:
+def _remember(out: torch.Tensor, make: Callable[[], torch.Tensor], *inputs: torch.Tensor) -> _Recipe | None:
     """Inside a training forward: `out` can be made again by `make()` from `inputs` (kept anyway)."""
     if not _active or not out.is_contiguous():
-        return
-    key = out.untyped_storage().data_ptr()
-    _active[-1][key] = (weakref.ref(out), _Recipe(make, inputs, out.shape))
+        return None
+    recipe = _Recipe(make, inputs, out.shape)
+    _active[-1][out.untyped_storage().data_ptr()] = (weakref.ref(out), recipe)
+    return recipe
 
 
 def _pack(t: torch.Tensor) -> Any:
@@ -72,13 +88,7 @@ def _pack(t: torch.Tensor) -> Any:
 def _unpack(packed: Any) -> torch.Tensor:
     if not isinstance(packed, _Recipe):
         return packed
-    if tuple(t._version for t in packed.inputs) != packed.versions:
-        raise RuntimeError("recompute_elementwise: a tensor needed to remake an activation was modified in place "
-                           "after the forward (set training.recompute_elementwise=false)")
-    with torch.no_grad():
-        whole = packed.make()
-    assert whole.shape == packed.shape, (whole.shape, packed.shape)
-    return whole.as_strided(packed.size, packed.stride, packed.offset)
+    return packed.whole().as_strided(packed.size, packed.stride, packed.offset)
 
 
 def _rms_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -100,10 +110,12 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """down(act(gate(x)) * up(x)), op for op, naming what can be made again."""
     gate = self.gate_proj(x)
     act = self.act_fn(gate)
-    _remember(act, lambda: self.act_fn(gate), gate)
+    remade = _remember(act, lambda: self.act_fn(gate), gate)
     up = self.up_proj(x)
     product = act * up
-    _remember(product, lambda: self.act_fn(gate) * up, gate, up)
+    # the backward needs the product first (down_proj), then act(gate) (the product's own backward): the
+    # activation is computed once, for both
+    _remember(product, lambda: (remade.whole() if remade else self.act_fn(gate)) * up, gate, up)
     return self.down_proj(product)
 
 
