@@ -35,9 +35,11 @@ K_FROZEN_GC = 0.7
 # of bench/estimate.py (2026-12-07; measured 166-221 MB below the untrimmed slack of 405 MB)
 K_TRAINED_TRIMMED = 0.5
 
-# tunelab's malloc-aligned allocator (models/cpu_alloc.py), a share of the activation volume: PLACEHOLDER
-K_ALIGNED_FROZEN = 0.0
-K_ALIGNED_TRAINED = 0.0
+# tunelab's malloc-aligned allocator (models/cpu_alloc.py, the default), as a share of the same volume:
+# fitted on the SmolLM2 rows of bench/estimate.py (2026-12-07): frozen base 0.06 in all 6 rows (0.17 for
+# QLoRA without checkpointing); trained base 0.14-0.33 (4 rows), 0.33 with checkpointing (1 row)
+K_ALIGNED_FROZEN, K_ALIGNED_FROZEN_GC = 0.06, 0.06
+K_ALIGNED_TRAINED, K_ALIGNED_TRAINED_GC = 0.25, 0.33
 
 LORA_FAMILY = ("lora", "lora_plus", "dora", "qlora")
 
@@ -64,6 +66,8 @@ def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, check
     `malloc_aligned` (`training.cpu_allocator` auto, models/cpu_alloc.py): freed blocks are reused, so
     only what a heap keeps in any case remains (K_ALIGNED_*)."""
     if malloc_aligned:
+        if checkpointing:
+            return (K_ALIGNED_TRAINED_GC if trained else K_ALIGNED_FROZEN_GC) * volume
         return (K_ALIGNED_TRAINED if trained else K_ALIGNED_FROZEN) * volume
     if trained:
         slack = min(volume, gradients)

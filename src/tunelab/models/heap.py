@@ -17,8 +17,10 @@ idle cores of a VM, where a page fault is dear): LoRA peak 0.75x at 0.82x the sp
 0.96x at 0.91x; hence off by default. Hand-written because no library exposes it: it is glibc's own
 call, through ctypes.
 
-Applies only on CPU (a GPU's activations are not on this heap) with glibc older than 2.38 (newer glibc
-reuses the holes itself; other C libraries have no malloc_trim), and only in forwards that build a graph
+Superseded by tunelab's own CPU allocator (`training.cpu_allocator: auto`, the default; models/cpu_alloc.py),
+which leaves no such holes without the page faults: the recipe installs these hooks only with
+`training.cpu_allocator: torch`. Applies only on CPU (a GPU's activations are not on this heap) with
+glibc older than 2.38 (newer glibc reuses the holes itself; other C libraries have no malloc_trim), and only in forwards that build a graph
 (no_grad forwards keep nothing for a backward, and generation runs one forward per token).
 """
 from __future__ import annotations
