@@ -54,10 +54,11 @@ def test_freed_blocks_are_reused_where_torchs_allocator_leaves_holes():
     on glibc < 2.38, by tens of MB more (the temporaries' holes)."""
     used, grown = _holes("auto")
     assert used == cpu_alloc.NAME and 115 < grown < 120 + 10, (used, grown)
-    used, grown_torch = _holes("torch")
-    assert used == "torch"
-    if heap.applies("cpu"):  # glibc < 2.38: the holes are there with torch's allocator
-        assert grown_torch > 120 + 40, grown_torch
+    if heap.applies("cpu"):  # glibc < 2.38: with torch's allocator the holes are there, in most runs (whether
+        # glibc can reuse an aligned block depends on where the heap happens to start: 1 run in 4 it can)
+        runs = [_holes("torch") for _ in range(3)]
+        assert all(used == "torch" for used, _ in runs)
+        assert max(grown for _, grown in runs) > 120 + 40, runs
 
 
 @linux
