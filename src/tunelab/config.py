@@ -232,9 +232,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
     recompute_elementwise: bool = True
-    """keep fewer activations at no matrix-product cost: the outputs of RMSNorm and of the gated MLP's activation and product are made again in the backward from tensors kept anyway (models/recompute.py; bit-identical). SmolLM2-135M, 486 tokens: 38% less kept by the forward (BENCHMARKS.md). No effect with gradient_checkpointing (which recomputes everything)"""
+    """keep fewer activations at no matrix-product cost: the outputs of RMSNorm and of the gated MLP's activation and product are made again in the backward from tensors kept anyway (models/recompute.py; bit-identical). SmolLM2-135M, 486 tokens: about half the activations kept, ~3% of a LoRA step (BENCHMARKS.md). No effect with gradient_checkpointing (which recomputes everything)"""
     cpu_allocator: Literal["auto", "torch"] = "auto"
-    """CPU runs: auto allocates tensors with plain malloc, aligned by hand (models/cpu_alloc.py, compiled once with the system's C++ compiler; torch's allocator where none is found), so glibc < 2.38 reuses the blocks a forward frees: SmolLM2-135M LoRA peak 2,907 -> 2,020 MB and faster (BENCHMARKS.md); torch: torch's own posix_memalign allocator"""
+    """CPU runs: auto allocates tensors with plain malloc, aligned by hand (models/cpu_alloc.py, compiled once with the system's C++ compiler; torch's allocator where none is found), so glibc < 2.38 reuses the blocks a forward frees. With recompute_elementwise, SmolLM2-135M peaks at 0.63x (LoRA) / 0.83x (full) what torch's allocator without it gave, at the same or better speed (BENCHMARKS.md); torch: torch's own posix_memalign allocator"""
     trim_heap: bool = False
     """CPU with training.cpu_allocator torch and glibc < 2.38: give the heap's free pages back to the system after every 5th decoder layer's training forward (malloc_trim; models/heap.py), so the holes glibc cannot reuse between saved activations are not resident at the peak. SmolLM2-135M LoRA: peak 2,909 -> 2,172 MB, speed -18% (full fine-tuning: -4% memory, -9% speed); BENCHMARKS.md. No effect on a GPU"""
     max_memory: str | None = None
