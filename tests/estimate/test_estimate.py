@@ -20,6 +20,7 @@ from tunelab.estimate import memory as M
 from tunelab.estimate.devices import DeviceProfile, resolve_device
 from tunelab.estimate.shape import ModelShape, resolve_targets
 from tunelab.models import recompute as recompute_module
+from tunelab.models.loss import LSE_ROWS
 from tunelab.models.recompute import recompute_elementwise
 
 GPU = DeviceProfile("test-gpu", "cuda", 80e9, 1e15, 6e13, 0.4)
@@ -146,7 +147,13 @@ def test_logits_stop_growing_past_one_chunk():
     small, at_chunk, big = (estimate(cfg, method="lora", batch_size=1, seq_len=n, device=GPU, precision="fp32")
                             for n in (rows // 2 + 1, rows + 1, 8 * rows))
     assert small.components["logits"] < at_chunk.components["logits"] == big.components["logits"]
-    assert at_chunk.components["logits"] == 3 * rows * 151936 * 4  # log-softmax, its gradient, the logits' gradient
+    # fp32, no autocast: the fused head + cross-entropy (models/loss.py) peaks in the forward, with the chunk's
+    # logits and the slice of them its log-sum-exp is taken over
+    assert M.LSE_ROWS == LSE_ROWS
+    assert at_chunk.peak_phase == "forward" and at_chunk.components["logits"] == (rows + LSE_ROWS) * 151936 * 4
+    bf16 = estimate(cfg, method="lora", batch_size=1, seq_len=rows + 1, device=GPU, precision="bf16")
+    assert bf16.phases["loss backward"] > bf16.phases["forward"]  # log-softmax, its gradient, the logits' gradient
+    assert bf16.components["logits"] == rows * 151936 * (3 * 4 + 2) + 2 * 151936 * DIMS["hidden_size"]
 
 
 # --- activations: the formula against the tensors autograd saves ------------------------------------
@@ -154,9 +161,10 @@ def test_logits_stop_growing_past_one_chunk():
 
 def _saved_per_layer(arch: str, *, lora: bool, dropout: float, bf16: bool, gc: bool, targets, r: int = 16,
                      batch: int = 3, seq: int = 40, freeze_below_last: bool = False,
-                     recompute: bool = False) -> tuple[float, float]:
+                     recompute: bool = False, packed: bool = False) -> tuple[float, float]:
     """(activation bytes, autocast weight-copy bytes) saved per decoder layer: the difference between a
-    3-layer and a 2-layer model, so embeddings, final norm and rotary tables cancel."""
+    3-layer and a 2-layer model, so embeddings, final norm and rotary tables cancel. `packed`: two
+    sequences per row (position ids restart), so transformers builds a block-causal mask."""
 
     def saved(layers: int) -> tuple[int, int]:
         from peft import LoraConfig, get_peft_model
@@ -199,7 +207,9 @@ def _saved_per_layer(arch: str, *, lora: bool, dropout: float, bf16: bool, gc: b
         recompute_module._pack = layer_pack
         try:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-                decoder(input_ids=ids, position_ids=torch.arange(seq).repeat(batch, 1), use_cache=False)
+                positions = (torch.cat([torch.arange(seq // 2), torch.arange(seq - seq // 2)]) if packed
+                             else torch.arange(seq))
+                decoder(input_ids=ids, position_ids=positions.repeat(batch, 1), use_cache=False)
         finally:
             recompute_module._pack = real_pack
         return sum(acts.values()), sum(copies.values())
@@ -244,6 +254,25 @@ def test_layer_activations_with_elementwise_recompute_equal_the_saved_tensors(ar
                                             bf16=bf16, recompute=True)
     assert per_token < M.layer_activations(shape, trained=not lora, adapted=adapted, r=16, dropout=dropout > 0,
                                            bf16=bf16)
+
+
+@pytest.mark.parametrize("arch,lora,dropout,bf16,targets", [CASES[1], CASES[3], CASES[7]])
+def test_packed_rows_keep_grouped_heads_once_with_elementwise_recompute(arch, lora, dropout, bf16, targets):
+    """With a mask (packed rows) transformers repeats the key/value heads to every query head before the
+    kernel, which keeps the copies; recompute_elementwise's attention (models/recompute.py) hands the kernel
+    the groups as they are, so a packed row keeps what the formula says, as an unpacked one does."""
+    shape = ModelShape.from_config(config(arch))
+    adapted = resolve_targets(shape, targets) if lora else []
+    kw = dict(lora=lora, dropout=dropout, bf16=bf16, gc=False, targets=targets, packed=True)
+    formula = M.layer_activations(shape, trained=not lora, adapted=adapted, r=16, dropout=dropout > 0, bf16=bf16,
+                                  recompute=True)
+    assert _saved_per_layer(arch, recompute=True, **kw)[0] == formula
+    # without it: the repeated key/value heads, and the kernel's own float copy of the boolean mask (40 x 40
+    # per row of 40 tokens: 40 floats per token, in every layer)
+    size = M.BF16 if bf16 else M.FP32
+    assert _saved_per_layer(arch, **kw)[0] == M.layer_activations(
+        shape, trained=not lora, adapted=adapted, r=16, dropout=dropout > 0, bf16=bf16) + (
+        2 * (shape.q_dim - shape.kv_dim) + 40) * size
 
 
 @pytest.mark.parametrize("lora,bf16", [(False, False), (True, False), (False, True)])

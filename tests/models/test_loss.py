@@ -67,3 +67,34 @@ def test_chunked_ce_never_builds_full_logits():
     assert max(seen) == 16 and sum(seen[:4]) == 50  # forward chunks (backward recomputes them)
     ref = torch.nn.functional.cross_entropy(head(h), t, reduction="sum")
     assert torch.allclose(loss, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [5, 1024])
+@pytest.mark.parametrize("watched", [False, True])
+def test_fused_head_adds_its_gradient_in_place_and_equals_autograd(chunk, watched):
+    """The fused head + cross-entropy (models/loss.py `_HeadCE`) over two micro-batches: loss and gradients
+    equal plain autograd's; a later micro-batch adds into the head's existing gradient in place, unless
+    something watches the parameter's gradient accumulation (DDP/FSDP hooks), which then still fires."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False)
+    weight = head.weight.detach().clone().requires_grad_(True)
+    fired = []
+    if watched:
+        head.weight.register_post_accumulate_grad_hook(lambda p: fired.append(1))
+    ptrs = []
+    for _ in range(2):
+        h = torch.randn(37, 16, generator=g)
+        t = torch.randint(0, 300, (37,), generator=g)
+        h1, h2 = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        loss = chunked_ce(head, h1, t, chunk)
+        ref = torch.nn.functional.cross_entropy(torch.nn.functional.linear(h2, weight), t, reduction="sum")
+        loss.backward()
+        ref.backward()
+        assert abs(loss.item() - ref.item()) <= 1e-5 * abs(ref.item())
+        assert torch.allclose(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
+        ptrs.append(head.weight.grad.data_ptr())
+    assert torch.allclose(head.weight.grad, weight.grad, rtol=1e-5, atol=1e-6)
+    if watched:
+        assert len(fired) == 2  # through autograd's accumulation, once a backward
+    else:
+        assert ptrs[0] == ptrs[1]  # added where it was

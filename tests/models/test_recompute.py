@@ -1,5 +1,6 @@
 """`training.recompute_elementwise` (models/recompute.py): the RMSNorms' and gated MLP's elementwise outputs
-are made again in the backward instead of being kept; nothing a run computes changes."""
+are made again in the backward instead of being kept, and packed rows' attention keeps one copy of the
+key/value heads and of the mask; nothing a run computes changes beyond rounding."""
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,7 @@ from tunelab.train.recipe import train
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_a_run_is_bit_identical_with_and_without(tmp_path, method):
+def test_a_run_is_the_same_with_and_without(tmp_path, method):
     def run(name: str, on: bool) -> None:
         train(C.load(None, ["model.name=tiny-qwen3", "data.name=arith_en", "data.n=24", "data.val_size=4",
                             "data.max_length=128", "training.max_steps=3", "training.batch_size=2",
@@ -29,8 +30,10 @@ def test_a_run_is_bit_identical_with_and_without(tmp_path, method):
 
     run("on", True)
     run("off", False)
-    assert losses(tmp_path / "on") == losses(tmp_path / "off")
-    assert_same_weights(tmp_path / "on", tmp_path / "off", 0.0)
+    assert losses(tmp_path / "on") == pytest.approx(losses(tmp_path / "off"), rel=1e-6, abs=0)
+    # the norms and the MLP are remade bit for bit; with a mask (packed rows), the attention kernel sums the
+    # key/value gradients over each group of query heads itself instead of autograd doing it: rounding only
+    assert_same_weights(tmp_path / "on", tmp_path / "off", 1e-5)  # as accumulation invariance (test_train)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or cpu_alloc._compiler() is None,

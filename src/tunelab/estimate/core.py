@@ -154,9 +154,21 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     head_grad = M.FP32 * V * H if head_trains else 0.0
 
     # --- activations --------------------------------------------------------------------------------
+    # packed rows through SDPA have a mask, and then transformers hands torch's kernel the key/value heads
+    # repeated to every query head and the kernel keeps its own float copy of the boolean mask, in every
+    # layer; a CPU training forward with recompute_elementwise shares one float mask and passes the groups
+    # as they are (models/recompute.py `_attention`; tests/estimate checks both against the saved tensors)
+    masked = packing and attention == "sdpa"
+    shared_attention = masked and not gpu and recompute_elementwise and not grad_checkpointing
+    act_size = M.BF16 if half else M.FP32
+    mask_copy = batch_size * seq_len * seq_len * act_size if masked else 0
+    attn_extra = 0 if shared_attention or not masked else (
+        2 * (shape.q_dim - shape.kv_dim) * act_size * n_tok + mask_copy)
+
     def per_layer(remade: bool) -> float:
         return M.layer_activations(shape, trained=not lora, adapted=adapted, r=lora_r, dropout=lora_dropout > 0,
-                                   bf16=half, attention=attention, seq_len=seq_len, recompute=remade) * n_tok + copies
+                                   bf16=half, attention=attention, seq_len=seq_len,
+                                   recompute=remade) * n_tok + copies + attn_extra
 
     copies = M.weight_copies(shape, adapted=adapted, r=lora_r, quantized=quantized) if half else 0
     layer_full = per_layer(recompute_elementwise and not grad_checkpointing)
@@ -174,14 +186,26 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     fixed = M.FP32 * (2 * shape.head_dim + 2 * H) * n_tok + M.FP32 * H * n_sup
     if packing and attention != "flash_attention_2":
         fixed += batch_size * seq_len * seq_len  # the block-diagonal boolean mask of packed rows
+    if shared_attention:
+        fixed += mask_copy  # its float copy, shared by the layers
     acts = decoder_acts + fixed
 
     # --- the loss: one chunk of logits ------------------------------------------------------------
     rows = min(n_sup, M.logits_chunk_rows(V))
     chunked = n_sup > rows
-    # fp32: log-softmax (saved), its gradient and the logits' gradient; autocast adds the bf16 logits
-    # and a bf16 copy of the head's weight
-    logits = rows * V * (M.FP32 * 3 + (M.BF16 if half else 0)) + (M.BF16 * V * H if half else 0)
+    # without autocast the head and cross-entropy are fused (models/loss.py `_HeadCE`): the logits are kept
+    # and become their own gradient; their log-sum-exp is taken M.LSE_ROWS at a time in the forward. With
+    # autocast: log-softmax (saved), its gradient and the logits' gradient in fp32, the bf16 logits and a
+    # bf16 copy of the head's weight
+    fused = not half
+    if fused:
+        logits, forward_logits = rows * V * M.FP32, (rows + min(rows, M.LSE_ROWS)) * V * M.FP32
+    else:
+        logits = rows * V * (M.FP32 * 3 + M.BF16) + M.BF16 * V * H
+        forward_logits = rows * V * (2 * M.FP32 + M.BF16)
+    # a trained head's gradient from a later chunk or micro-batch: added into the one that exists (fused, one
+    # process: `_grad_in_place`), else made whole and then added, so two exist for a moment
+    head_grad_twice = chunked and not (fused and nproc == 1)
 
     # --- several processes ----------------------------------------------------------------------------
     shard_w = shard_g = shard_o = 1
@@ -212,10 +236,9 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     held = {"weights": weights, "adapters": adapters, "distributed": extra_dist, "optimizer": opt_bytes}
     moments = {
         "forward": {**held, "gradients": grad_bytes if accum else 0.0, "activations": acts + forward_copies,
-                    "logits": rows * V * (2 * M.FP32 + (M.BF16 if half else 0))},
-        # chunked, a trained head's gradient is made per chunk and then added: two exist for a moment
-        "loss backward": {**held, "gradients": (grad_bytes if accum else head_grad) + (head_grad if chunked else 0),
-                          "activations": acts, "logits": logits},
+                    "logits": forward_logits},
+        "loss backward": {**held, "gradients": (grad_bytes if accum else head_grad)
+                          + (head_grad if head_grad_twice else 0), "activations": acts, "logits": logits},
         "decoder backward": {**held, "gradients": mid_grads, "activations": mid_acts},
         "optimizer step": {**held, "gradients": grad_bytes, "optimizer": opt_bytes + scratch},
     }

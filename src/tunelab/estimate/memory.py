@@ -33,6 +33,7 @@ from .shape import ModelShape
 FP32, BF16 = 4, 2
 # train/loss.py: rows of fp32 logits per chunk = max(64, LOGITS_BUDGET // (4 * vocab))
 LOGITS_BUDGET = 256 * 2**20
+LSE_ROWS = 32  # models/loss.py: rows whose log-sum-exp the fused head + cross-entropy takes at once
 
 
 def logits_chunk_rows(vocab: int) -> int:

@@ -33,8 +33,67 @@ def _base(model: torch.nn.Module) -> Any:
 
 
 def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if _fusable(head, hidden):
+        return _HeadCE.apply(hidden, head.weight, targets)
     logits = head(hidden).float()
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _fusable(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
+    """A plain bias-free projection in the hidden states' dtype, no autocast: what `_HeadCE` computes."""
+    return (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype == hidden.dtype
+            and not torch.is_autocast_enabled(hidden.device.type))
+
+
+def _grad_in_place(weight: torch.Tensor) -> bool:
+    """Whether the head's gradient may be added into `weight.grad` directly: only where nothing watches the
+    parameter's gradient accumulation (DDP, FSDP and DeepSpeed hook it; they all start a process group)."""
+    import torch.distributed as dist
+
+    return (weight.grad is not None and weight.grad.shape == weight.shape and weight.grad.is_contiguous()
+            and not (dist.is_available() and dist.is_initialized())
+            and not getattr(weight, "_post_accumulate_grad_hooks", None) and not weight._backward_hooks)
+
+
+LSE_ROWS = 32  # rows of logits whose log-sum-exp is taken at once (one temporary that size: 19 MB for Qwen)
+
+
+class _HeadCE(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` (the output head) against `targets`, fused by hand for
+    memory (issue 24): autograd's version keeps log-softmax, builds two more logits-sized gradients and a
+    new vocab x hidden head gradient (113 MB for SmolLM2) that is then added to the one accumulated from
+    earlier micro-batches, all at the moment the step peaks (the start of the backward, every
+    activation alive). Here the saved logits become their own gradient in place (softmax - one-hot) and
+    the head's gradient is added straight into `weight.grad` when one exists (`_grad_in_place`). Equal
+    to `F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")` to rounding (tests)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, weight).float()
+        lse = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        # log-sum-exp by hand, LSE_ROWS rows at a time: torch.logsumexp makes two temporaries the size of its input
+        for s in range(0, logits.shape[0], LSE_ROWS):
+            part = logits[s : s + LSE_ROWS]
+            top = part.amax(dim=-1, keepdim=True)
+            torch.sum((part - top).exp_(), dim=-1, out=lse[s : s + LSE_ROWS]).log_().add_(top.squeeze(-1))
+        loss = lse.sum() - logits.gather(1, targets[:, None]).sum()
+        ctx.save_for_backward(hidden, weight, targets, logits, lse)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        hidden, weight, targets, logits, lse = ctx.saved_tensors
+        d = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' own memory
+        d.scatter_add_(1, targets[:, None], d.new_full((d.shape[0], 1), -1.0)).mul_(grad)
+        d = d.to(hidden.dtype)
+        grad_hidden = d @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            if _grad_in_place(weight):
+                weight.grad.addmm_(d.t(), hidden)  # no AccumulateGrad for this use of the weight: nothing to add
+            else:
+                grad_weight = d.t() @ hidden
+        return grad_hidden, grad_weight, None
 
 
 def over_chunks(fn: Any, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,

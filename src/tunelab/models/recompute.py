@@ -119,6 +119,69 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(product)
 
 
+_sdpa: list[Callable] = []  # transformers' own "sdpa" attention function, once `_install_attention` wrapped it
+
+
+def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' "sdpa" attention, except in a CPU training forward through a hooked decoder layer
+    with a mask (packed rows always have one). There transformers' call makes torch's kernel keep two
+    things per layer that one copy would do: the key/value heads repeated to every query head (the
+    kernel takes the groups as they are, `enable_gqa`, which transformers only asks without a mask;
+    SmolLM2: 2 x 384 of the ~7,000 floats a layer keeps per token), and its own float copy of the
+    boolean mask (tokens x tokens per row, in every layer): the float mask is made once per mask here,
+    as the kernel makes it (0 where attended, -inf elsewhere), and shared by the layers."""
+    if (_active and attention_mask is not None and query.device.type == "cpu" and query.shape[2] > 1
+            and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+            and not kwargs.get("output_attentions")):
+        mask = attention_mask
+        if mask.dtype == torch.bool:  # kept on the mask: made once, freed with it
+            made = mask.__dict__.setdefault("_tunelab_float", {})
+            # in the dtype the kernel will run in: autocast would make its own copy of any other
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+            if dtype not in made:
+                made[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+            mask = made[dtype]
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                                               scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+        return out.transpose(1, 2).contiguous(), None
+    return _sdpa[0](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                    **kwargs)
+
+
+def _gqa_kernel_agrees() -> bool:
+    """Whether this torch's CPU kernel gives, with grouped heads and a mask, the output of the repeated
+    heads bit for bit (torch 2.13: yes; the key/value gradients then differ by rounding only, being summed
+    over the group inside the kernel instead of by autograd)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, 12, 8, generator=g) for n in (4, 2, 2))
+    mask = torch.ones(12, 12, dtype=torch.bool).tril()[None, None]
+    try:
+        grouped = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        repeated = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask)
+    except Exception:  # noqa: BLE001  (an older kernel without enable_gqa)
+        return False
+    return torch.equal(grouped, repeated)
+
+
+def _install_attention(model: nn.Module) -> bool:
+    """Route the process's "sdpa" attention through `_attention` (once) if `model` uses it; only a CPU
+    training forward inside a hooked layer sees a difference."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return False
+    if not _sdpa:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        if not _gqa_kernel_agrees():
+            return False
+        _sdpa.append(ALL_ATTENTION_FUNCTIONS["sdpa"])
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = _attention  # the shared instance's own mapping, read at every call
+    return True
+
+
 def _same_output(module: nn.Module, patched: Callable, width: int) -> bool:
     """Whether the patched forward gives the module's own output, bit for bit, on a random input (in eval
     mode, the global random state untouched: a LoRA dropout must not shift the run's masks)."""
@@ -192,6 +255,7 @@ def recompute_elementwise(model: nn.Module) -> int:
             module.__class__ = _patched_class(type(module), forward)
             patched += 1
     if patched:
+        _install_attention(model)
         for layer in decoder_layers(model):
             layer.register_forward_pre_hook(_enter)
             layer.register_forward_hook(_exit, always_call=True)
