@@ -232,7 +232,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory, more time"""
     recompute_elementwise: bool = True
-    """keep fewer activations at no matrix-product cost: the outputs of RMSNorm and of the gated MLP's activation and product are made again in the backward from tensors kept anyway (models/recompute.py; bit-identical). SmolLM2-135M, 486 tokens: about half the activations kept, ~3% of a LoRA step (BENCHMARKS.md). No effect with gradient_checkpointing (which recomputes everything)"""
+    """keep fewer activations at no matrix-product cost: the outputs of RMSNorm and of the gated MLP's activation and product are made again in the backward from tensors kept anyway (bit-identical), and on CPU packed rows' attention keeps the grouped key/value heads and the float mask once instead of repeated per head and per layer (gradients equal to rounding; models/recompute.py). SmolLM2-135M, 486 tokens: about half the activations kept, ~3% of a LoRA step (BENCHMARKS.md). No effect with gradient_checkpointing (which recomputes everything)"""
     cpu_allocator: Literal["auto", "torch"] = "auto"
     """CPU runs: auto allocates tensors with plain malloc, aligned by hand (models/cpu_alloc.py, compiled once with the system's C++ compiler; torch's allocator where none is found), so glibc < 2.38 reuses the blocks a forward frees. With recompute_elementwise, SmolLM2-135M peaks at 0.63x (LoRA) / 0.83x (full) what torch's allocator without it gave, at the same or better speed (BENCHMARKS.md); torch: torch's own posix_memalign allocator"""
     trim_heap: bool = False

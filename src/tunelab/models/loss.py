@@ -6,7 +6,8 @@ We run the decoder to hidden states, keep only positions whose *next* token is s
 apply the output head and cross-entropy chunk by chunk under activation checkpointing, so at most
 one chunk of logits (chunk x vocab) exists at a time, in the forward and in the backward pass.
 The result equals `F.cross_entropy(model(...).logits[:, :-1], labels[:, 1:], reduction="sum")`
-(tests check loss and gradients).
+(tests check loss and gradients). Without autocast the head and the cross-entropy of a chunk are one
+function (`_HeadCE`) that keeps only the logits and adds the head's gradient in place.
 
 `CausalLMLoss` is a `LossModule`: an `nn.Module` around the model so that data-parallel wrappers (DDP,
 FSDP, DeepSpeed through accelerate) see one forward call and synchronise gradients as usual; it shows

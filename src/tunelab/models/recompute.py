@@ -15,6 +15,12 @@ decoder layer a saved-tensor hook stores the recipe in place of any of them that
 the backward makes the tensor again (a few elementwise ops) when it needs it. The same kernels on the
 same inputs: the recomputed tensor is bit-identical, so losses and gradients are unchanged (tests).
 
+Attention (`_attention`, routed through transformers' "sdpa" entry, a CPU training forward in a hooked layer
+only): with a mask, as packed rows have, transformers repeats the key/value heads to every query head and
+torch's kernel keeps those copies and a float copy of the boolean mask in every layer; here the kernel gets
+the groups as they are and one float mask made once. Its output is the same; the key/value gradients are
+summed over each group inside the kernel instead of by autograd (equal to rounding, tests).
+
 This is gradient checkpointing restricted to elementwise ops: Megatron-LM's "selective recomputation"
 (arXiv 2205.05198) picks attention's softmax the same way; torch's checkpoint API would recompute a whole
 region including its matrix products, so the few lines here are hand-written. A patch is kept only where
