@@ -47,11 +47,11 @@ def _fusable(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
 
 
 def _grad_in_place(weight: torch.Tensor) -> bool:
-    """Whether the head's gradient may be added into `weight.grad` directly: only where nothing watches the
+    """Whether the head's gradient may be put into `weight.grad` directly: only where nothing watches the
     parameter's gradient accumulation (DDP, FSDP and DeepSpeed hook it; they all start a process group)."""
     import torch.distributed as dist
 
-    return (weight.grad is not None and weight.grad.shape == weight.shape and weight.grad.is_contiguous()
+    return ((weight.grad is None or (weight.grad.shape == weight.shape and weight.grad.is_contiguous()))
             and not (dist.is_available() and dist.is_initialized())
             and not getattr(weight, "_post_accumulate_grad_hooks", None) and not weight._backward_hooks)
 
@@ -79,6 +79,8 @@ class _HeadCE(torch.autograd.Function):
             torch.sum((part - top).exp_(), dim=-1, out=lse[s : s + LSE_ROWS]).log_().add_(top.squeeze(-1))
         loss = lse.sum() - logits.gather(1, targets[:, None]).sum()
         ctx.save_for_backward(hidden, weight, targets, logits, lse)
+        # the parameter itself: under checkpointing the saved tensors come back as other tensor objects
+        ctx.param = weight
         return loss
 
     @staticmethod
@@ -90,10 +92,15 @@ class _HeadCE(torch.autograd.Function):
         grad_hidden = d @ weight if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            if _grad_in_place(weight):
-                weight.grad.addmm_(d.t(), hidden)  # no AccumulateGrad for this use of the weight: nothing to add
-            else:
+            # not through autograd, which would hold each chunk's gradient until the backward is done with the
+            # weight (a tied embedding's is added in place later); no AccumulateGrad for this use of the weight
+            param = ctx.param
+            if not _grad_in_place(param):
                 grad_weight = d.t() @ hidden
+            elif param.grad is None:
+                param.grad = d.t() @ hidden
+            else:
+                param.grad.addmm_(d.t(), hidden)
         return grad_hidden, grad_weight, None
 
 
