@@ -39,7 +39,9 @@ CONFIGS = {
                           "training.batch_size=1"], (1, 1, True)),  # one micro-batch: checkpointing turned on
 }
 # resident memory of a `tunelab train` process before its model loads (measured here: tiny-qwen3 482-488 MB,
-# SmolLM2 439 MB); the budget's slack around the plan (asserted > 60 MB) absorbs a difference
+# SmolLM2 439 MB); the budget's slack around the plan (asserted > 50 MB; the plan's own estimate then has
+# that plus a tenth of itself below the budget, ~90 MB on tiny-qwen3) absorbs a difference. Since the fused
+# head (issue 24) tiny-qwen3's candidates lie ~100 MB apart: its logits chunk is most of what a batch changes
 BASELINE_MB = {"tiny-qwen3": 485.0, "smollm2-135m-instruct": 440.0}
 
 
@@ -52,7 +54,7 @@ def budget_for(cfg: C.Config, target: tuple[int, int, bool]) -> float:
     assert i > 0, "the budget must make the plan change something"
     before = min(c.estimate_mb for c in cands[:i])
     slack = (1 + MARGIN) * (before - cands[i].estimate_mb) / 2
-    assert slack > 60, f"candidates too close to test: {[(c.label(), round(c.estimate_mb)) for c in cands]}"
+    assert slack > 50, f"candidates too close to test: {[(c.label(), round(c.estimate_mb)) for c in cands]}"
     return BASELINE_MB[cfg.model.name] + (1 + MARGIN) * (before + cands[i].estimate_mb) / 2
 
 

@@ -50,15 +50,20 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
     or a DeviceProfile). `model_config`: the transformers config, when the caller has it already.
     `seq_len`: the widest micro-batch's row length when the data is known (a training run passes it);
     else `data.max_length`, the most a row can hold."""
-    m, t, d = cfg.method, cfg.training, cfg.data
-    vocab = None
+    m, t, d, o = cfg.method, cfg.training, cfg.data, cfg.objective
+    vocab = build_vocab = None
     if model_config is None:
         model_config = load_model_config(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
                                          revision=cfg.model.revision)
         if cfg.model.from_scratch:
             model_config, vocab = _scratch(cfg, model_config)
+            build_vocab = getattr(model_config.get_text_config() if hasattr(model_config, "get_text_config")
+                                  else model_config, "vocab_size", None) if vocab else None
+    seq_len = seq_len or d.max_length
+    grpo = cfg.stage == "grpo"
     if supervised_fraction is None:
-        supervised_fraction = 1.0
+        # grpo scores the completions only, at most max_new_tokens of each row (prompt + completion)
+        supervised_fraction = min(1.0, o.max_new_tokens / seq_len) if grpo else 1.0
     # the weights stay a mapped view of the checkpoint file when it is stored in the dtype they are
     # loaded in (fp32 here); QLoRA on CPU then keeps the whole file resident (see overhead.py)
     stored = checkpoint_dtype(model_config)
@@ -66,9 +71,16 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
     mapped = not cfg.model.from_scratch and stored == load_dtype
     # a unit of the step plan is one example for sft/pt, but two rows for a dpo pair (chosen and
     # rejected, one forward) and num_generations rows for a grpo prompt
-    rows_per_unit = {"dpo": 2, "grpo": cfg.objective.num_generations}.get(cfg.stage, 1)
+    rows_per_unit = {"dpo": 2, "grpo": o.num_generations}.get(cfg.stage, 1)
+    # dpo and grpo score tokens by models/logps.py, on rows padded to the micro-batch's widest (a mask); grpo
+    # first samples every prompt of the step (generation_batch_size rows at a time, with a key/value cache),
+    # and with a KL term full/freeze keep a frozen copy of the weights as the reference
+    aligned = cfg.stage in ("dpo", "grpo")
+    rollout = min(o.generation_batch_size, t.batch_size * t.grad_accum * o.num_generations) if grpo else 0
     return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size * rows_per_unit,
-                    seq_len=seq_len or d.max_length, supervised_fraction=supervised_fraction,
+                    seq_len=seq_len, supervised_fraction=supervised_fraction, logps=aligned, padded=aligned,
+                    rollout_rows=rollout, rollout_len=seq_len, build_vocab=build_vocab,
+                    reference_copy=grpo and o.kl_coef > 0 and m.name in ("full", "freeze"),
                     grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
                     lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
                     quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,

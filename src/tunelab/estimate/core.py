@@ -15,6 +15,11 @@ The peak is the largest of the moments a step goes through (live bytes at each):
                      embedding's gradient exists twice for a moment (embedding + head, then summed)
   optimizer step     weights + gradients + optimizer state + its scratch (the first step allocates the
                      state while every gradient is alive)
+  rollout (grpo)     weights + optimizer state + generation's key/value cache for the rows generated together
+  load (from scratch for another tokenizer)   the model as first built: at the named model's vocabulary,
+                     with a head of its own until the weights are tied, before the embedding is resized
+The dpo and grpo stages score tokens through models/logps.py (log-softmax, gather, entropy) rather than the
+training loss's fused head (`logps`; see memory.head_logits_bytes), on padded rows that carry a mask.
 With gradient accumulation every gradient is alive in the later micro-batches' forward and backward.
 On CPU the measured number is the process's resident memory, which also holds what the allocator
 keeps after freeing and what the libraries load after the model (see `overhead.py`).
@@ -27,7 +32,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import memory as M
 from .devices import DeviceProfile, resolve_device
-from .overhead import cpu_allocator_slack, framework_overhead, glibc_note
+from .overhead import LOAD_FRAMEWORK, cpu_allocator_slack, framework_overhead, glibc_note
 from .shape import ModelShape, resolve_targets
 
 METHODS = ("full", "freeze", "lora", "lora_plus", "dora", "qlora")
@@ -78,7 +83,9 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              freeze_trainable_layers: int = 2, attention: str = "sdpa", weights_dtype: str = "auto",
              packing: bool = True, vocab_size: int | None = None, grad_accum: int = 1, nproc: int = 1,
              strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False,
-             cpu_allocator: str = "auto", recompute_elementwise: bool = True) -> Estimate:
+             cpu_allocator: str = "auto", recompute_elementwise: bool = True, logps: bool = False,
+             padded: bool = False, build_vocab: int | None = None, rollout_rows: int = 0, rollout_len: int = 0,
+             reference_copy: bool = False) -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -90,7 +97,12 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     checkpoint file (stored in the dtype they are loaded in), which matters on CPU for QLoRA.
     `trim_heap`: `training.trim_heap` (models/heap.py), counted where it applies (CPU, glibc < 2.38, torch's
     allocator). `cpu_allocator`: `training.cpu_allocator` (models/cpu_alloc.py), counted where it will be used.
-    `recompute_elementwise`: `training.recompute_elementwise` (models/recompute.py; no effect with checkpointing)."""
+    `recompute_elementwise`: `training.recompute_elementwise` (models/recompute.py; no effect with checkpointing).
+    The other stages (builder.py sets these from `stage`): `logps`, tokens scored by models/logps.py (dpo,
+    grpo) instead of the fused loss; `padded`, rows padded to the widest with a mask (counted like packed
+    rows' mask); `rollout_rows` x `rollout_len`, the rows grpo generates together (their key/value cache);
+    `reference_copy`, grpo's frozen copy of the weights (full/freeze with a KL term). `build_vocab`: a model
+    built from scratch is first made at this vocabulary (the named model's), then resized to `vocab_size`."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
     _check("--strategy", strategy, STRATEGIES)
@@ -158,7 +170,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     # repeated to every query head and the kernel keeps its own float copy of the boolean mask, in every
     # layer; a CPU training forward with recompute_elementwise shares one float mask and passes the groups
     # as they are (models/recompute.py `_attention`; tests/estimate checks both against the saved tensors)
-    masked = packing and attention == "sdpa"
+    masked = (packing or padded) and attention == "sdpa"
     shared_attention = masked and not gpu and recompute_elementwise and not grad_checkpointing
     act_size = M.BF16 if half else M.FP32
     mask_copy = batch_size * seq_len * seq_len * act_size if masked else 0
@@ -184,8 +196,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         decoder_acts, recompute, forward_copies = grad_layers * layer_full, 0.0, 0.0
     # rotary cos/sin, the final norm, the supervised hidden states gathered for the head
     fixed = M.FP32 * (2 * shape.head_dim + 2 * H) * n_tok + M.FP32 * H * n_sup
-    if packing and attention != "flash_attention_2":
-        fixed += batch_size * seq_len * seq_len  # the block-diagonal boolean mask of packed rows
+    if (packing or padded) and attention != "flash_attention_2":
+        fixed += batch_size * seq_len * seq_len  # the boolean mask: packed rows' block-diagonal, or padding
     if shared_attention:
         fixed += mask_copy  # its float copy, shared by the layers
     acts = decoder_acts + fixed
@@ -197,12 +209,10 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     # and become their own gradient; their log-sum-exp is taken M.LSE_ROWS at a time in the forward. With
     # autocast: log-softmax (saved), its gradient and the logits' gradient in fp32, the bf16 logits and a
     # bf16 copy of the head's weight
-    fused = not half
-    if fused:
-        logits, forward_logits = rows * V * M.FP32, (rows + min(rows, M.LSE_ROWS)) * V * M.FP32
-    else:
-        logits = rows * V * (M.FP32 * 3 + M.BF16) + M.BF16 * V * H
-        forward_logits = rows * V * (2 * M.FP32 + M.BF16)
+    # dpo and grpo: models/logps.py's per-token log-probabilities, not fused (memory.head_logits_bytes)
+    fused = not half and not logps
+    forward_logits, logits = M.head_logits_bytes(rows, V, H, path="logps" if logps else "fused" if fused else "ce",
+                                                 bf16=half, chunked=chunked)
     # a trained head's gradient from a later chunk or micro-batch: added into the one that exists (fused, one
     # process: `_grad_in_place`), else made whole and then added, so two exist for a moment
     head_grad_twice = chunked and not (fused and nproc == 1)
@@ -233,7 +243,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         mid_acts, mid_grads = fixed + decoder_acts + recompute, (grad_bytes + tied_emb_grad if accum else head_grad)
     else:  # the gradients made outgrow the activations freed
         mid_acts, mid_grads = fixed, grad_bytes + tied_emb_grad
-    held = {"weights": weights, "adapters": adapters, "distributed": extra_dist, "optimizer": opt_bytes}
+    held = {"weights": weights, "adapters": adapters, "distributed": extra_dist, "optimizer": opt_bytes,
+            "reference": weights if reference_copy else 0.0}
     moments = {
         "forward": {**held, "gradients": grad_bytes if accum else 0.0, "activations": acts + forward_copies,
                     "logits": forward_logits},
@@ -242,10 +253,14 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         "decoder backward": {**held, "gradients": mid_grads, "activations": mid_acts},
         "optimizer step": {**held, "gradients": grad_bytes, "optimizer": opt_bytes + scratch},
     }
+    if rollout_rows:  # grpo: before the step trains, its prompts are sampled with a key/value cache
+        moments["rollout"] = {**held, "kv cache": M.kv_cache_bytes(shape, rows=rollout_rows, tokens=rollout_len,
+                                                                  bf16=half)}
     phases = {k: sum(v.values()) for k, v in moments.items()}
     phase = max(phases, key=phases.get)
     components = {k: moments[phase].get(k, 0.0) for k in
                   ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "distributed")}
+    components.update({k: moments[phase][k] for k in ("reference", "kv cache") if moments[phase].get(k)})
     if not gpu:  # resident memory also holds libraries loaded after the baseline and allocator slack
         components["framework"] = framework_overhead(method=method, optimizer=optimizer)
         from ..models.cpu_alloc import expected
@@ -257,9 +272,23 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
                                                       gradients=0.0 if accum else dec_grads, trained=not lora,
                                                       checkpointing=grad_checkpointing, layers=grad_layers,
                                                       trimmed_every=trimmed, phase=phase, malloc_aligned=aligned)
+        if fused and not chunked and phase != "forward":
+            # the fused loss's log-sum-exp temporary, freed after the forward: the heap keeps its pages (chunked,
+            # the backward's recomputation takes it again, counted in `logits`)
+            components["allocator"] += min(rows, M.LSE_ROWS) * V * M.FP32
         note = glibc_note()
         if note:
             notes.append(note)
+    if build_vocab and build_vocab != V:
+        # from scratch for another tokenizer: built whole in every process at the named model's vocabulary,
+        # with a head of its own (made before the weights are tied), then resized to the tokenizer's
+        # (models/load.py load_model, fit_vocabulary): a 151,936-row Qwen3 embedding twice for an 8k model.
+        # On CPU nothing has been freed yet, and the model's code is being imported (LOAD_FRAMEWORK)
+        built = ModelShape(**{**asdict(shape), "vocab": build_vocab, "tied": False}).total_params()
+        phases["load"] = wbytes * built
+        load = {"weights": wbytes * built, **({} if gpu else {"framework": LOAD_FRAMEWORK})}
+        if sum(load.values()) > sum(components.values()):
+            phase, components = "load", {k: load.get(k, 0.0) for k in components}
     peak = sum(components.values())
 
     # --- time: FLOPs over the device's achievable throughput --------------------------------------

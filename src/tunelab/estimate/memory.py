@@ -41,6 +41,41 @@ def logits_chunk_rows(vocab: int) -> int:
     return max(64, LOGITS_BUDGET // (4 * vocab))
 
 
+def head_logits_bytes(rows: int, vocab: int, hidden: int, *, path: str, bf16: bool, chunked: bool) -> tuple[float, float]:
+    """(forward, loss backward) bytes of one chunk of `rows` logits at their largest, by the head's path:
+
+    `fused`  models/loss.py `_HeadCE` (sft/pt without autocast): the fp32 logits, kept, become their own
+             gradient in place; the forward also takes an exponent of LSE_ROWS rows at a time (and so
+             does a chunk's recomputation in the backward)
+    `ce`     autocast cross-entropy: bf16 logits and the head's bf16 weight copy, fp32 log-softmax (saved),
+             its gradient and the logits' gradient (3 fp32 copies in the backward, 2 in the forward)
+    `logps`  models/logps.py `_logps_of` (dpo, grpo: per-token log-probabilities): the logits, their
+             log-softmax (saved) and, for the entropy (no grad, always computed), its exp and the product
+             with the log-softmax: 4 fp32 copies while the forward computes the entropy; the backward
+             holds the log-softmax, the gather's gradient and the log-softmax's (3), or 4 again while a
+             chunk under checkpointing is recomputed. Under autocast the head's output is bf16 and
+             `.float()` makes the fp32 copy (+ bf16 logits and the bf16 weight copy).
+    Measured with the allocator's live-byte peak (tests/estimate checks all three against it)."""
+    chunk = rows * vocab
+    if path == "fused":
+        # chunked, the backward recomputes a chunk's forward (its log-sum-exp temporary too) while the
+        # gradient of a chunk before it exists
+        lse = min(rows, LSE_ROWS) * vocab * FP32
+        return chunk * FP32 + lse, chunk * FP32 + (lse if chunked else 0)
+    if path == "ce":
+        return chunk * (2 * FP32 + BF16), chunk * (3 * FP32 + BF16) + BF16 * vocab * hidden
+    if path != "logps":
+        raise ValueError(f"unknown head path {path!r}")
+    extra = chunk * BF16 + BF16 * vocab * hidden if bf16 else 0
+    return 4 * chunk * FP32 + extra, (4 if chunked else 3) * chunk * FP32 + extra
+
+
+def kv_cache_bytes(shape: ModelShape, *, rows: int, tokens: int, bf16: bool) -> float:
+    """Generation's key/value cache (transformers' DynamicCache) for `rows` sequences of `tokens`: keys and
+    values of every layer, in the activations' dtype."""
+    return 2 * shape.layers * shape.kv_dim * rows * tokens * (BF16 if bf16 else FP32)
+
+
 def _input_groups(adapted: list[tuple[str, int, int]]) -> int:
     """Elements of the layer inputs LoRA's A matrices read, each input counted once (no dropout, fp32:
     q/k/v share the attention input, gate/up the MLP input; o reads SDPA's output, already saved)."""

@@ -29,6 +29,10 @@ MB = 2**20
 FRAMEWORK = 75 * MB  # after the baseline: the loaded model's Python objects, autograd, thread pools
 PEFT = 80 * MB  # peft and the bitsandbytes it imports
 BITSANDBYTES = 111 * MB
+# adamw_8bit imports bitsandbytes after the baseline; less than the import alone since the model's load has
+# brought some of what it pulls in. Fitted on the 2 full adamw_8bit rows of bench/estimate.py (2026-12-07:
+# tiny-qwen3 45 MB, SmolLM2 74 MB once the rest of this module's terms are subtracted)
+ADAMW_8BIT = 60 * MB
 K_FROZEN = 0.85
 K_FROZEN_GC = 0.7
 # trained base, heap trimmed, peak in a backward without checkpointing: fitted on the 3 such SmolLM2 rows
@@ -37,9 +41,25 @@ K_TRAINED_TRIMMED = 0.5
 
 # tunelab's malloc-aligned allocator (models/cpu_alloc.py, the default), as a share of the same volume:
 # fitted on the SmolLM2 rows of bench/estimate.py (2026-12-07): frozen base 0.06 in all 6 rows (0.17 for
-# QLoRA without checkpointing); trained base 0.14-0.33 (4 rows), 0.33 with checkpointing (1 row)
+# QLoRA without checkpointing).
 K_ALIGNED_FROZEN, K_ALIGNED_FROZEN_GC = 0.06, 0.06
-K_ALIGNED_TRAINED, K_ALIGNED_TRAINED_GC = 0.25, 0.33
+# A trained base (full, freeze) holds TRAINED_WORKSPACE whatever its size, plus a smaller share. Probed with
+# mallinfo2 on tiny-qwen3 (2026-12-07, third session): the first step leaves ~41 MB of heap in use that is
+# no tensor (MKL's buffer cache for the head's and embedding's gradient GEMMs: it goes with
+# MKL_DISABLE_FAST_MM=1, though the heap keeps the pages); the 5 tiny-qwen3 full rows whose logits are
+# chunked then measure 40 MB over live bytes + FRAMEWORK whatever their activations (the unchunked one 55:
+# + the fused loss's log-sum-exp temporary, which core.py counts). The share: fitted on the 4 SmolLM2 full
+# rows (122-131 MB of slack at a volume of 652 MB; 157 at 1,458 MB with checkpointing). The from-scratch 8k
+# row measures 198 MB (65 over this model, -6% of its peak).
+TRAINED_WORKSPACE = 40 * MB
+K_ALIGNED_TRAINED, K_ALIGNED_TRAINED_GC = 0.12, 0.075
+
+# at the load of a model built from scratch (core.py's `load` moment, before any training tensor exists): the
+# model's transformers module is being imported and its objects made, and nothing freed is there to reuse.
+# Measured, not fitted: importing transformers' Qwen3 modeling module after tunelab's tokenizer and data grows
+# resident memory by 117 MB (2026-12-07, this machine); the from-scratch 8k row of bench/estimate.py peaks at
+# 114 MB over its live bytes while loading (tunelab's allocator's count), a probe of the same load at 124
+LOAD_FRAMEWORK = 117 * MB
 
 LORA_FAMILY = ("lora", "lora_plus", "dora", "qlora")
 
@@ -51,7 +71,7 @@ def framework_overhead(*, method: str, optimizer: str) -> float:
     if method == "qlora":
         total -= BITSANDBYTES  # already imported before the model loaded (methods.check_supported)
     elif optimizer == "adamw_8bit" and method not in LORA_FAMILY:
-        total += BITSANDBYTES
+        total += ADAMW_8BIT
     return total
 
 
@@ -64,11 +84,11 @@ def cpu_allocator_slack(*, volume: float, gradients: float, trained: bool, check
     that many decoder layers, so a frozen base's holes are resident for those layers only; a trained
     base's, in a backward without checkpointing, half of them (K_TRAINED_TRIMMED).
     `malloc_aligned` (`training.cpu_allocator` auto, models/cpu_alloc.py): freed blocks are reused, so
-    only what a heap keeps in any case remains (K_ALIGNED_*)."""
+    only what a heap keeps in any case remains (K_ALIGNED_*, and TRAINED_WORKSPACE for a trained base)."""
     if malloc_aligned:
-        if checkpointing:
-            return (K_ALIGNED_TRAINED_GC if trained else K_ALIGNED_FROZEN_GC) * volume
-        return (K_ALIGNED_TRAINED if trained else K_ALIGNED_FROZEN) * volume
+        if not trained:
+            return (K_ALIGNED_FROZEN_GC if checkpointing else K_ALIGNED_FROZEN) * volume
+        return TRAINED_WORKSPACE + (K_ALIGNED_TRAINED_GC if checkpointing else K_ALIGNED_TRAINED) * volume
     if trained:
         slack = min(volume, gradients)
         if trimmed_every and not checkpointing and phase != "optimizer step":

@@ -1,0 +1,119 @@
+"""tunelab estimate for the other stages and for models built from scratch: the per-token log-probabilities'
+logits (dpo, grpo), generation's key/value cache (grpo), the model as first built for another tokenizer, and
+the settings the builder reads from `stage`. Each term against what the real code allocates, counted by
+tunelab's CPU allocator (live bytes), on tiny shapes."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.estimate.test_estimate import CPU, DIMS, build, config
+from tunelab.estimate import estimate
+from tunelab.estimate import memory as M
+from tunelab.estimate.shape import ModelShape
+from tunelab.models import cpu_alloc
+
+needs_allocator = pytest.mark.skipif(not sys.platform.startswith("linux") or cpu_alloc._compiler() is None,
+                                     reason="live bytes come from tunelab's CPU allocator (Linux, a C++ compiler)")
+
+
+@needs_allocator
+@pytest.mark.parametrize("chunk", [None, 32])
+def test_logps_logits_equal_the_live_peak_of_the_per_token_log_probabilities(chunk):
+    """models/logps.py: 4 logits-sized tensors while the forward takes the entropy, 3 in the backward (4 while a
+    checkpointed chunk is recomputed); what the estimate counts for dpo and grpo instead of the fused loss."""
+    from tunelab.models.logps import chunked_logps
+
+    assert cpu_alloc.install("auto", "cpu") == cpu_alloc.NAME
+    V, H, n = 1024, 16, 96
+    torch.manual_seed(0)
+    head = torch.nn.Linear(H, V, bias=False).requires_grad_(False)  # a frozen head (LoRA): no weight gradient
+    hidden = torch.randn(n, H, requires_grad=True)
+    targets = torch.randint(0, V, (n,))
+    rows = chunk or n
+    forward, backward = M.head_logits_bytes(rows, V, H, path="logps", bf16=False, chunked=chunk is not None)
+
+    before = cpu_alloc.allocated()[0]
+    cpu_alloc.reset_peak()
+    logps, _ = chunked_logps(head, hidden, targets, chunk or n)
+    measured_forward = cpu_alloc.allocated()[1] - before
+    cpu_alloc.reset_peak()
+    logps.sum().backward()
+    measured_backward = cpu_alloc.allocated()[1] - before
+    # beyond the logits: a few vectors of n values, the hidden states' gradient (n x H) and, per checkpointed
+    # chunk, the CPU random state torch's checkpoint keeps (5 KB): all in 4 + n x (4 x 4 + 4 H) + 6 KB a chunk
+    small = 4 * n * (4 + H) + (n // chunk * 6000 if chunk else 0)
+    assert 0 <= measured_forward - forward <= small
+    assert 0 <= measured_backward - backward <= small
+    assert forward == 4 * rows * V * 4 and backward == (4 if chunk else 3) * rows * V * 4
+
+
+def test_logps_count_more_logits_than_the_fused_loss():
+    shape = config("qwen3")
+    sft = estimate(shape, method="lora", batch_size=2, seq_len=64, device=CPU)
+    dpo = estimate(shape, method="lora", batch_size=2, seq_len=64, device=CPU, logps=True)
+    rows = sft.supervised_tokens_per_step
+    assert sft.phases["forward"] + (4 - 1) * rows * 1000 * 4 - 32 * 1000 * 4 == dpo.phases["forward"]
+
+
+def test_kv_cache_bytes_equal_the_cache_of_a_forward():
+    model = build(config("qwen3", 3)).eval()
+    rows, tokens = 3, 20
+    with torch.no_grad():
+        cache = model(input_ids=torch.randint(0, DIMS["vocab_size"], (rows, tokens)), use_cache=True).past_key_values
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert M.kv_cache_bytes(ModelShape.from_config(config("qwen3", 3)), rows=rows, tokens=tokens, bf16=False) == held
+
+
+@needs_allocator
+def test_a_model_from_scratch_for_another_tokenizer_is_built_at_the_named_vocabulary_first(tmp_path):
+    """models/load.py builds the named model's vocabulary with a head of its own before tying and resizing: the
+    live peak of the build is that untied model, which the estimate's `load` moment counts."""
+    from tunelab.models.load import load_model
+
+    assert cpu_alloc.install("auto", "cpu") == cpu_alloc.NAME
+    named = config("qwen3", 2, vocab_size=8000)
+    named.save_pretrained(tmp_path)
+    before = cpu_alloc.allocated()[0]
+    cpu_alloc.reset_peak()
+    model = load_model(str(tmp_path), from_scratch=True)
+    built = cpu_alloc.allocated()[1] - before
+    del model
+    est = estimate(config("qwen3", 2, vocab_size=512), method="full", batch_size=1, seq_len=16, device=CPU,
+                   build_vocab=8000)
+    assert est.phases["load"] == pytest.approx(built, rel=0.002)  # + RoPE's inverse frequencies
+    untied = ModelShape.from_config(config("qwen3", 2, vocab_size=8000, tie_word_embeddings=False)).total_params()
+    assert est.phases["load"] == 4 * untied
+    # where the named vocabulary dwarfs the training (Qwen3's 151,936 tokens for an 8k tokenizer), the load is
+    # the peak and its weights are the weights the estimate shows
+    est = estimate(config("qwen3", 2, vocab_size=512), method="full", batch_size=1, seq_len=16, device=CPU,
+                   build_vocab=151_936)
+    assert est.peak_phase == "load" and est.phases["load"] == est.components["weights"]
+    assert "load" not in estimate(config("qwen3", 2), method="full", device=CPU).phases
+
+
+def test_the_builder_reads_the_stage(monkeypatch):
+    from tunelab import config as C
+    from tunelab.estimate import estimate_from_config
+
+    shape = config("qwen3")
+    grpo = C.load(None, ["stage=grpo", "data.name=arith_en", "objective.num_generations=4",
+                         "objective.max_new_tokens=16", "training.batch_size=2", "objective.kl_coef=0.1",
+                         "method.name=full"])
+    est = estimate_from_config(grpo, device=CPU, model_config=shape, seq_len=64)
+    assert est.inputs["batch_size"] == 8 and est.tokens_per_step == 8 * 64
+    assert est.supervised_tokens_per_step == 8 * 16  # completions only: max_new_tokens of each row
+    assert est.phases["rollout"] == pytest.approx(
+        est.components["weights"] * 2 + est.components["optimizer"]
+        + M.kv_cache_bytes(ModelShape.from_config(shape), rows=8, tokens=64, bf16=False))
+    assert est.components["reference"] == est.components["weights"]  # full with a KL term: a frozen copy
+    dpo = C.load(None, ["stage=dpo", "data.name=arith_pairs", "training.batch_size=2"])
+    est = estimate_from_config(dpo, device=CPU, model_config=shape, seq_len=64, supervised_fraction=0.5)
+    assert est.tokens_per_step == 4 * 64 and "rollout" not in est.phases and "reference" not in est.components
+    assert est.phases["forward"] == pytest.approx(
+        estimate(shape, method="lora", batch_size=4, seq_len=64, supervised_fraction=0.5, device=CPU, logps=True,
+                 padded=True).phases["forward"])
+    assert json.dumps(est.to_dict())  # the new components serialise
