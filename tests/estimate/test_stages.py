@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.estimate.test_estimate import CPU, DIMS, build, config
+from tests.estimate.test_estimate import CPU, DIMS, GPU, build, config
 from tunelab.estimate import estimate
 from tunelab.estimate import memory as M
 from tunelab.estimate.shape import ModelShape
@@ -20,43 +20,59 @@ needs_allocator = pytest.mark.skipif(not sys.platform.startswith("linux") or cpu
                                      reason="live bytes come from tunelab's CPU allocator (Linux, a C++ compiler)")
 
 
+class _Projection(torch.nn.Linear):
+    """A head that is not a plain nn.Linear: models/logps.py takes the unfused path (as under autocast)."""
+
+
 @needs_allocator
 @pytest.mark.parametrize("chunk", [None, 32])
-def test_logps_logits_equal_the_live_peak_of_the_per_token_log_probabilities(chunk):
-    """models/logps.py: 4 logits-sized tensors while the forward takes the entropy, 3 in the backward (4 while a
-    checkpointed chunk is recomputed); what the estimate counts for dpo and grpo instead of the fused loss."""
+@pytest.mark.parametrize("path", ["fused", "logps"])
+def test_logps_logits_equal_the_live_peak_of_the_per_token_log_probabilities(chunk, path):
+    """models/logps.py, entropy included: fused (a plain fp32 projection), the logits and one block of LSE_ROWS
+    rows in the forward, the logits in the backward (+ the block while a checkpointed chunk is recomputed);
+    unfused, 4 logits-sized tensors while the forward takes the entropy, 3 in the backward (4 while a
+    checkpointed chunk is recomputed)."""
     from tunelab.models.logps import chunked_logps
 
     assert cpu_alloc.install("auto", "cpu") == cpu_alloc.NAME
     V, H, n = 1024, 16, 96
     torch.manual_seed(0)
-    head = torch.nn.Linear(H, V, bias=False).requires_grad_(False)  # a frozen head (LoRA): no weight gradient
+    head = (torch.nn.Linear if path == "fused" else _Projection)(H, V, bias=False).requires_grad_(False)  # frozen (LoRA)
     hidden = torch.randn(n, H, requires_grad=True)
     targets = torch.randint(0, V, (n,))
     rows = chunk or n
-    forward, backward = M.head_logits_bytes(rows, V, H, path="logps", bf16=False, chunked=chunk is not None)
+    forward, backward = M.head_logits_bytes(rows, V, H, path=path, bf16=False, chunked=chunk is not None)
 
     before = cpu_alloc.allocated()[0]
     cpu_alloc.reset_peak()
-    logps, _ = chunked_logps(head, hidden, targets, chunk or n)
+    logps, ent = chunked_logps(head, hidden, targets, chunk or n, entropy=True)
     measured_forward = cpu_alloc.allocated()[1] - before
     cpu_alloc.reset_peak()
     logps.sum().backward()
     measured_backward = cpu_alloc.allocated()[1] - before
     # beyond the logits: a few vectors of n values, the hidden states' gradient (n x H) and, per checkpointed
-    # chunk, the CPU random state torch's checkpoint keeps (5 KB): all in 4 + n x (4 x 4 + 4 H) + 6 KB a chunk
-    small = 4 * n * (4 + H) + (n // chunk * 6000 if chunk else 0)
+    # chunk, the CPU random state torch's checkpoint keeps (5 KB): all in n x (6 x 4 + 4 H) + 6 KB a chunk
+    small = 4 * n * (6 + H) + (n // chunk * 6000 if chunk else 0)
     assert 0 <= measured_forward - forward <= small
     assert 0 <= measured_backward - backward <= small
-    assert forward == 4 * rows * V * 4 and backward == (4 if chunk else 3) * rows * V * 4
+    block = min(rows, M.LSE_ROWS) * V * 4
+    if path == "fused":
+        assert forward == rows * V * 4 + block and backward == rows * V * 4 + (block if chunk else 0)
+    else:
+        assert forward == 4 * rows * V * 4 and backward == (4 if chunk else 3) * rows * V * 4
 
 
-def test_logps_count_more_logits_than_the_fused_loss():
+def test_logps_count_the_fused_logits_and_more_under_autocast():
     shape = config("qwen3")
     sft = estimate(shape, method="lora", batch_size=2, seq_len=64, device=CPU)
     dpo = estimate(shape, method="lora", batch_size=2, seq_len=64, device=CPU, logps=True)
+    assert sft.phases["forward"] == dpo.phases["forward"]  # fp32: the same fused function
     rows = sft.supervised_tokens_per_step
-    assert sft.phases["forward"] + (4 - 1) * rows * 1000 * 4 - 32 * 1000 * 4 == dpo.phases["forward"]
+    sft, dpo = (estimate(shape, method="lora", batch_size=2, seq_len=64, device=GPU, precision="bf16", logps=lp)
+                for lp in (False, True))
+    # autocast, forward: 4 fp32 copies + the bf16 logits + the head's bf16 copy against the loss's 2 fp32 + bf16
+    V, H = shape.vocab_size, shape.hidden_size
+    assert sft.phases["forward"] + 2 * rows * V * 4 + 2 * V * H == dpo.phases["forward"]
 
 
 def test_kv_cache_bytes_equal_the_cache_of_a_forward():

@@ -72,7 +72,7 @@ def test_chunked_ce_never_builds_full_logits():
 @pytest.mark.parametrize("chunk", [5, 1024])
 @pytest.mark.parametrize("watched", [False, True])
 def test_fused_head_adds_its_gradient_in_place_and_equals_autograd(chunk, watched):
-    """The fused head + cross-entropy (models/loss.py `_HeadCE`) over two micro-batches: loss and gradients
+    """The fused head + cross-entropy (models/loss.py `_FusedHead`) over two micro-batches: loss and gradients
     equal plain autograd's; a later micro-batch adds into the head's existing gradient in place, unless
     something watches the parameter's gradient accumulation (DDP/FSDP hooks), which then still fires."""
     g = torch.Generator().manual_seed(0)

@@ -18,8 +18,8 @@ The peak is the largest of the moments a step goes through (live bytes at each):
   rollout (grpo)     weights + optimizer state + generation's key/value cache for the rows generated together
   load (from scratch for another tokenizer)   the model as first built: at the named model's vocabulary,
                      with a head of its own until the weights are tied, before the embedding is resized
-The dpo and grpo stages score tokens through models/logps.py (log-softmax, gather, entropy) rather than the
-training loss's fused head (`logps`; see memory.head_logits_bytes), on padded rows that carry a mask.
+The dpo and grpo stages score tokens through models/logps.py: the training loss's fused head without autocast,
+log-softmax, gather and entropy with it (`logps`; see memory.head_logits_bytes), on padded rows with a mask.
 With gradient accumulation every gradient is alive in the later micro-batches' forward and backward.
 On CPU the measured number is the process's resident memory, which also holds what the allocator
 keeps after freeing and what the libraries load after the model (see `overhead.py`).
@@ -205,13 +205,14 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     # --- the loss: one chunk of logits ------------------------------------------------------------
     rows = min(n_sup, M.logits_chunk_rows(V))
     chunked = n_sup > rows
-    # without autocast the head and cross-entropy are fused (models/loss.py `_HeadCE`): the logits are kept
+    # without autocast the head and cross-entropy are fused (models/loss.py `_FusedHead`): the logits are kept
     # and become their own gradient; their log-sum-exp is taken M.LSE_ROWS at a time in the forward. With
     # autocast: log-softmax (saved), its gradient and the logits' gradient in fp32, the bf16 logits and a
     # bf16 copy of the head's weight
-    # dpo and grpo: models/logps.py's per-token log-probabilities, not fused (memory.head_logits_bytes)
-    fused = not half and not logps
-    forward_logits, logits = M.head_logits_bytes(rows, V, H, path="logps" if logps else "fused" if fused else "ce",
+    # dpo and grpo (models/logps.py's per-token log-probabilities) take the same fused function without
+    # autocast; with it, log-softmax and the entropy's temporaries (memory.head_logits_bytes)
+    fused = not half
+    forward_logits, logits = M.head_logits_bytes(rows, V, H, path="fused" if fused else "logps" if logps else "ce",
                                                  bf16=half, chunked=chunked)
     # a trained head's gradient from a later chunk or micro-batch: added into the one that exists (fused, one
     # process: `_grad_in_place`), else made whole and then added, so two exist for a moment

@@ -44,17 +44,18 @@ def logits_chunk_rows(vocab: int) -> int:
 def head_logits_bytes(rows: int, vocab: int, hidden: int, *, path: str, bf16: bool, chunked: bool) -> tuple[float, float]:
     """(forward, loss backward) bytes of one chunk of `rows` logits at their largest, by the head's path:
 
-    `fused`  models/loss.py `_HeadCE` (sft/pt without autocast): the fp32 logits, kept, become their own
-             gradient in place; the forward also takes an exponent of LSE_ROWS rows at a time (and so
-             does a chunk's recomputation in the backward)
+    `fused`  models/loss.py `_FusedHead` (without autocast: the sft/pt loss, and dpo/grpo's per-token
+             log-probabilities): the fp32 logits, kept, become their own gradient in place; the forward
+             also takes an exponent of LSE_ROWS rows at a time (the entropy from the same block), and so
+             does a chunk's recomputation in the backward
     `ce`     autocast cross-entropy: bf16 logits and the head's bf16 weight copy, fp32 log-softmax (saved),
              its gradient and the logits' gradient (3 fp32 copies in the backward, 2 in the forward)
-    `logps`  models/logps.py `_logps_of` (dpo, grpo: per-token log-probabilities): the logits, their
-             log-softmax (saved) and, for the entropy (no grad, always computed), its exp and the product
-             with the log-softmax: 4 fp32 copies while the forward computes the entropy; the backward
-             holds the log-softmax, the gather's gradient and the log-softmax's (3), or 4 again while a
-             chunk under checkpointing is recomputed. Under autocast the head's output is bf16 and
-             `.float()` makes the fp32 copy (+ bf16 logits and the bf16 weight copy).
+    `logps`  models/logps.py `_logps_of` under autocast (dpo, grpo): the logits, their log-softmax (saved)
+             and, for the entropy (no grad), its exp and the product with the log-softmax: 4 fp32 copies
+             while the forward computes the entropy; the backward holds the log-softmax, the gather's
+             gradient and the log-softmax's (3), or 4 again while a chunk under checkpointing is
+             recomputed. The head's output is bf16 and `.float()` makes the fp32 copy (+ bf16 logits and
+             the bf16 weight copy).
     Measured with the allocator's live-byte peak (tests/estimate checks all three against it)."""
     chunk = rows * vocab
     if path == "fused":

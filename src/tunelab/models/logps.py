@@ -5,6 +5,8 @@ reason (a 151,936-token vocabulary makes full logits huge, and most positions ar
 the decoder to hidden states, keep only positions whose *next* token is supervised
 (`supervised_mask`), then apply the output head, log_softmax and gather chunk by chunk under
 activation checkpointing, so at most one chunk of logits exists in the forward and the backward pass.
+Without autocast, for a plain projection head, the head, log-softmax, gather and entropy of a chunk are one
+function (models/loss.py `_FusedHead`) that keeps only the logits; the entropy is computed only when asked.
 
 The result is flat: one value per scored position in row-major order, with the batch row of each
 (`rows`) and the sequence it belongs to (`seqs`: the row for a padded batch, the packed example for a
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batching import supervised_mask
-from .loss import _base, chunk_rows, over_chunks
+from .loss import _base, _fusable, chunk_rows, fused_head, over_chunks
 
 
 @dataclass
@@ -41,27 +43,33 @@ def counts(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.bincount(rows, minlength=n_rows)
 
 
-def _logps_of(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _logps_of(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+              entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain computation from logits (models whose head is not a plain projection, autocast)."""
     logits = logits.float()
     if temperature != 1.0:  # GRPO scores completions at the sampling temperature, as TRL does
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)
-    with torch.no_grad():  # entropy is a metric: no graph, and cheap next to the head itself
-        entropy = -(logp.exp() * logp).sum(-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+    ent = None
+    if entropy:
+        with torch.no_grad():  # entropy is a metric: no graph
+            ent = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), ent
 
 
-def _chunk(head, hidden, targets, temperature):
-    return _logps_of(head(hidden), targets, temperature)
+def _chunk(head, hidden, targets, temperature, entropy):
+    if _fusable(head, hidden):  # the head, log-softmax and gather in one function that keeps only the logits
+        return fused_head(hidden, head.weight, targets, per_token=True, scale=1.0 / temperature, entropy=entropy)
+    return _logps_of(head(hidden), targets, temperature, entropy)
 
 
 def chunked_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
-                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probs of `targets`, entropies) under `head(hidden)`, `chunk` rows at a time."""
-    parts = over_chunks(_chunk, head, hidden, targets, chunk, temperature)
+                  temperature: float = 1.0, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs of `targets`, entropies or None) under `head(hidden)`, `chunk` rows at a time."""
+    parts = over_chunks(_chunk, head, hidden, targets, chunk, temperature, entropy)
     if len(parts) == 1:
         return parts[0]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat([p[0] for p in parts]), (torch.cat([p[1] for p in parts]) if entropy else None)
 
 
 def _seqs(keep: torch.Tensor, rows: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -91,11 +99,11 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
         # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own logits
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         logits = model(**{k: v for k, v in inputs.items() if v is not None}, use_cache=False).logits
-        logps, ent = _logps_of(logits[:, :-1][keep], targets, temperature)
+        logps, ent = _logps_of(logits[:, :-1][keep], targets, temperature, entropy)
     else:
         out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False)
         hidden = out.last_hidden_state[:, :-1][keep]
         chunk = chunk_size or chunk_rows(model)
-        logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk, temperature)
-    return TokenLogps(logps=logps, rows=rows, seqs=seqs, n_seqs=n_seqs, entropy=ent if entropy else None)
+        logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk, temperature, entropy)
+    return TokenLogps(logps=logps, rows=rows, seqs=seqs, n_seqs=n_seqs, entropy=ent)

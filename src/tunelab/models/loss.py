@@ -7,7 +7,7 @@ apply the output head and cross-entropy chunk by chunk under activation checkpoi
 one chunk of logits (chunk x vocab) exists at a time, in the forward and in the backward pass.
 The result equals `F.cross_entropy(model(...).logits[:, :-1], labels[:, 1:], reduction="sum")`
 (tests check loss and gradients). Without autocast the head and the cross-entropy of a chunk are one
-function (`_HeadCE`) that keeps only the logits and adds the head's gradient in place.
+function (`_FusedHead`) that keeps only the logits and adds the head's gradient in place.
 
 `CausalLMLoss` is a `LossModule`: an `nn.Module` around the model so that data-parallel wrappers (DDP,
 FSDP, DeepSpeed through accelerate) see one forward call and synchronise gradients as usual; it shows
@@ -35,13 +35,13 @@ def _base(model: torch.nn.Module) -> Any:
 
 def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if _fusable(head, hidden):
-        return _HeadCE.apply(hidden, head.weight, targets)
+        return fused_head(hidden, head.weight, targets, per_token=False)[0]
     logits = head(hidden).float()
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
 def _fusable(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
-    """A plain bias-free projection in the hidden states' dtype, no autocast: what `_HeadCE` computes."""
+    """A plain bias-free projection in the hidden states' dtype, no autocast: what `_FusedHead` computes."""
     return (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype == hidden.dtype
             and not torch.is_autocast_enabled(hidden.device.type))
 
@@ -59,35 +59,66 @@ def _grad_in_place(weight: torch.Tensor) -> bool:
 LSE_ROWS = 32  # rows of logits whose log-sum-exp is taken at once (one temporary that size: 19 MB for Qwen)
 
 
-class _HeadCE(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` (the output head) against `targets`, fused by hand for
-    memory (issue 24): autograd's version keeps log-softmax, builds two more logits-sized gradients and a
-    new vocab x hidden head gradient (113 MB for SmolLM2) that is then added to the one accumulated from
-    earlier micro-batches, all at the moment the step peaks (the start of the backward, every
-    activation alive). Here the saved logits become their own gradient in place (softmax - one-hot) and
-    the head's gradient is added straight into `weight.grad` when one exists (`_grad_in_place`). Equal
-    to `F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")` to rounding (tests)."""
+def _log_sum_exp(logits: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row log-sum-exp of `logits` and, with `entropy`, the entropy of each row's softmax, LSE_ROWS rows
+    at a time: torch.logsumexp makes two temporaries the size of its input; here one block-sized one.
+    The entropy is lse - sum(p * z) with p = exp(z - lse): the same block's exponents, no second pass."""
+    n = logits.shape[0]
+    lse = torch.empty(n, dtype=logits.dtype, device=logits.device)
+    ent = torch.empty(n, dtype=logits.dtype, device=logits.device) if entropy else None
+    for s in range(0, n, LSE_ROWS):
+        part = logits[s : s + LSE_ROWS]
+        top = part.amax(dim=-1, keepdim=True)
+        e = (part - top).exp_()
+        total = e.sum(dim=-1)
+        torch.log(total, out=lse[s : s + LSE_ROWS]).add_(top.squeeze(-1))
+        if ent is not None:
+            ent[s : s + LSE_ROWS] = lse[s : s + LSE_ROWS] - e.mul_(part).sum(dim=-1) / total
+        del e  # before the next block's: one block-sized temporary at a time
+    return lse, ent
+
+
+class _FusedHead(torch.autograd.Function):
+    """The output head and what is made of its logits, fused by hand for memory and speed (issue 24):
+    `per_token=False` the summed cross-entropy of `hidden @ weight.T` against `targets` (the SFT/pt loss),
+    `per_token=True` each row's log-probability of its target (dpo, grpo: models/logps.py) and optionally
+    its entropy (no grad), both of the logits times `scale` (1 / the sampling temperature).
+
+    Autograd's version keeps log-softmax, builds two more logits-sized gradients (and the entropy's
+    exponent and product: two more) and a new vocab x hidden head gradient (113 MB for SmolLM2) that is
+    then added to the one accumulated from earlier micro-batches, all at the moment the step peaks (the
+    start of the backward, every activation alive). Here only the logits are kept; in the backward they
+    become their own gradient in place (softmax - one-hot, times the upstream gradient), and the head's
+    gradient is added straight into `weight.grad` when one exists (`_grad_in_place`). Equal to
+    `F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")`, and to `log_softmax`
+    gathered at the targets, to rounding (tests/models/test_loss.py, test_logps.py)."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float,
+                per_token: bool, entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(hidden, weight).float()
-        lse = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        # log-sum-exp by hand, LSE_ROWS rows at a time: torch.logsumexp makes two temporaries the size of its input
-        for s in range(0, logits.shape[0], LSE_ROWS):
-            part = logits[s : s + LSE_ROWS]
-            top = part.amax(dim=-1, keepdim=True)
-            torch.sum((part - top).exp_(), dim=-1, out=lse[s : s + LSE_ROWS]).log_().add_(top.squeeze(-1))
-        loss = lse.sum() - logits.gather(1, targets[:, None]).sum()
+        if scale != 1.0:
+            logits.mul_(scale)
+        lse, ent = _log_sum_exp(logits, entropy and per_token)
+        picked = logits.gather(1, targets[:, None]).squeeze(1)
+        out = picked - lse if per_token else lse.sum() - picked.sum()
         ctx.save_for_backward(hidden, weight, targets, logits, lse)
         # the parameter itself: under checkpointing the saved tensors come back as other tensor objects
-        ctx.param = weight
-        return loss
+        ctx.param, ctx.scale, ctx.per_token = weight, scale, per_token
+        ent = ent if ent is not None else logits.new_empty(0)
+        ctx.mark_non_differentiable(ent)
+        return out, ent
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad: torch.Tensor | None, _ent: Any) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, targets, logits, lse = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None, None, None
+        # d loss / d logit = coef * (softmax - one-hot): coef = grad for the summed cross-entropy, -grad of
+        # each row for its log-probability; times `scale` for the logits' own scaling
+        coef = (grad * ctx.scale if not ctx.per_token else grad.neg().mul_(ctx.scale)[:, None])
         d = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' own memory
-        d.scatter_add_(1, targets[:, None], d.new_full((d.shape[0], 1), -1.0)).mul_(grad)
+        d.scatter_add_(1, targets[:, None], d.new_full((d.shape[0], 1), -1.0)).mul_(coef)
         d = d.to(hidden.dtype)
         grad_hidden = d @ weight if ctx.needs_input_grad[0] else None
         grad_weight = None
@@ -101,7 +132,14 @@ class _HeadCE(torch.autograd.Function):
                 param.grad = d.t() @ hidden
             else:
                 param.grad.addmm_(d.t(), hidden)
-        return grad_hidden, grad_weight, None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def fused_head(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, per_token: bool,
+               scale: float = 1.0, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_FusedHead` (see there): (summed cross-entropy, or per-row log-probabilities; entropies or None)."""
+    out, ent = _FusedHead.apply(hidden, weight, targets, scale, per_token, entropy)
+    return out, (ent if entropy and per_token else None)
 
 
 def over_chunks(fn: Any, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int,
