@@ -1,5 +1,6 @@
-"""Shared fixtures: an isolated TUNELAB_HOME per test session that re-uses the built model cache,
-and the real tokenizers of the two built-in models (Qwen3 and SmolLM2)."""
+"""Shared fixtures: an isolated TUNELAB_HOME per test session that re-uses the built model cache, a
+torch-extensions directory of the session's own, and the real tokenizers of the two built-in models
+(Qwen3 and SmolLM2)."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,21 @@ def tunelab_home(tmp_path_factory):
         os.environ.pop("TUNELAB_HOME", None)
     else:
         os.environ["TUNELAB_HOME"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_extensions(tmp_path_factory):
+    """DeepSpeed on CPU compiles a small op (deepspeed_shm_comm) with torch's JIT builder under a file
+    lock in ~/.cache/torch_extensions. A build killed mid-way (a timed-out test, a killed CI) leaves the
+    lock behind and every later DeepSpeed launch waits on it forever: CI 2026-12-07 lost its five
+    DeepSpeed tests to 600 s timeouts that way. The suite builds its own copy (~30 s, once a session)."""
+    old = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
+    yield
+    if old is None:
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
+    else:
+        os.environ["TORCH_EXTENSIONS_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -196,6 +196,23 @@ def test_fsdp_version_1_is_refused(monkeypatch):
         make_accelerator(mixed_precision="no", cpu=True, grad_accum=1)
 
 
+def test_a_stale_deepspeed_build_lock_is_named(tmp_path, monkeypatch, capsys):
+    from tunelab.train.distributed import warn_stale_op_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv("RANK", raising=False)
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert warn_stale_op_lock() is None  # a build running now holds a fresh lock
+    os.utime(lock, (lock.stat().st_atime, lock.stat().st_mtime - 3600))
+    message = warn_stale_op_lock()
+    assert str(lock) in message and "60 minutes old" in message and message in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert warn_stale_op_lock() is None  # said once, by rank 0
+    assert lock.exists()  # torch's lock: named, not removed
+
+
 def test_deepspeed_takes_batch_accumulation_and_clipping_from_tunelab():
     from tunelab.train.distributed import configure_deepspeed
 

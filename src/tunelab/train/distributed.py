@@ -87,6 +87,29 @@ def launch(train_args: list[str], *, nproc: int, strategy: str) -> int:
         return subprocess.call(cmd)
 
 
+def warn_stale_op_lock(name: str = "deepspeed_shm_comm", older_than_s: float = 600) -> str | None:
+    """DeepSpeed on CPU JIT-builds `deepspeed_shm_comm` (~30 s) under torch's file lock, which holds no
+    process id: a build killed mid-way leaves the lock and every later launch waits on it silently,
+    forever. Name it once (rank 0), so a hang has an explanation; the lock is torch's, so it stays."""
+    import glob
+    import sys
+    import time
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    locks = glob.glob(os.path.join(root, name, "lock")) if root else \
+        glob.glob(os.path.join(get_default_build_root(), "*", name, "lock"))
+    stale = [p for p in locks if time.time() - os.path.getmtime(p) > older_than_s]
+    if not stale or os.environ.get("RANK", "0") != "0":
+        return None
+    message = (f"tunelab: {stale[0]} is {(time.time() - os.path.getmtime(stale[0])) / 60:.0f} minutes old: DeepSpeed "
+               f"waits for it before building its CPU op. If no build is running it was left by a killed one: "
+               f"delete it, or set TORCH_EXTENSIONS_DIR to another directory")
+    print(message, file=sys.stderr, flush=True)
+    return message
+
+
 def make_accelerator(*, mixed_precision: str, cpu: bool, grad_accum: int) -> Any:
     """The Accelerator of this process, for the strategy that `accelerate launch` (or torchrun) chose.
 
@@ -104,6 +127,7 @@ def make_accelerator(*, mixed_precision: str, cpu: bool, grad_accum: int) -> Any
         check_deepspeed("the accelerate config (distributed_type: DEEPSPEED)")
         if cpu:  # accelerate turns DeepSpeed off when asked for the CPU: ask for the default device with gloo
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # (before deepspeed is imported; it builds a small op)
+            warn_stale_op_lock()
             kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     if fsdp and os.environ.get("FSDP_VERSION", "2") != "2":
         raise ConfigError("tunelab trains with FSDP version 2 (`fsdp_version: 2` in the accelerate config); "
