@@ -60,6 +60,8 @@ import harness
 import workload
 
 RUNNERS = ("tunelab", "trl_default", "trl_best")
+# GRPO also runs tunelab with its rollouts sampled from a bfloat16 copy (objective.rollout_dtype=bfloat16)
+GRPO_RUNNERS = ("tunelab", "tunelab_bf16", "trl_default", "trl_best")
 METHODS = ("lora", "full")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 GSM8K = harness.REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
@@ -138,7 +140,8 @@ def grpo_config(s: dict[str, Any], method: str, run_dir: str | Path) -> Any:
                                                        "max_length": s["max_length"]},
                         "objective": {"num_generations": s["generations"], "max_new_tokens": s["max_new_tokens"],
                                       "temperature": 1.0, "top_p": 1.0, "rewards": ["correct"], "loss_type": "dapo",
-                                      "epsilon": 0.2, "kl_coef": 0.0}})
+                                      "epsilon": 0.2, "kl_coef": 0.0,
+                                      "rollout_dtype": "bfloat16" if s.get("runner") == "tunelab_bf16" else "model"}})
 
 
 def peak_mb() -> float:
@@ -441,7 +444,7 @@ def tunelab_grpo_time(s: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = rollout(self, prompts)
         seen["rollouts"].append({"step": self.step, "seconds": time.perf_counter() - t0, "completions": len(out),
-                                 "tokens": sum(len(ids) for _, _, ids in out)})
+                                 "tokens": sum(len(r[2]) for r in out)})
         seen["prompt_ids"] += [p for p in prompts for _ in range(self.G)]
         return out
 
@@ -528,7 +531,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 print(f"[check] {runner}/{method}: {out[f'{runner}/{method}']}", flush=True)
         return out
     fn = {("dpo", True): tunelab_dpo_time, ("dpo", False): trl_dpo_time,
-          ("grpo", True): tunelab_grpo_time, ("grpo", False): trl_grpo_time}[spec["mode"], spec["runner"] == "tunelab"]
+          ("grpo", True): tunelab_grpo_time, ("grpo", False): trl_grpo_time}[spec["mode"],
+                                                                        spec["runner"].startswith("tunelab")]
     return fn(spec)
 
 
@@ -536,12 +540,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 # parent
 
 
-def timed_runs(spec: dict[str, Any], methods: list[str], repeats: int, report: Any) -> dict[tuple[str, str], list]:
+def timed_runs(spec: dict[str, Any], methods: list[str], repeats: int, report: Any,
+               runners: tuple[str, ...] = RUNNERS) -> dict[tuple[str, str], list]:
     """Fresh child per run; runners alternate within a repeat, and the order rotates between repeats."""
     runs: dict[tuple[str, str], list] = {}
     for rep in range(repeats):
         for m in methods:
-            order = RUNNERS[rep % 3:] + RUNNERS[: rep % 3]
+            k = rep % len(runners)
+            order = runners[k:] + runners[:k]
             for r in order:
                 res = harness.run_child(Path(__file__), {**spec, "run": f"{spec['mode']} {r}/{m}#{rep}",
                                                          "runner": r, "method": m}, timeout=3600)
@@ -654,11 +660,11 @@ def run_grpo(a: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
                 f"{res['gen_tokens'] / max(res['completions'], 1):.1f}, generating {res['gen_seconds']:.1f} s, "
                 f"{res['peak_mb']:8.1f} MB, prompts match {res['prompts_match']} ({res['process_wall_s']:.0f} s process)")
 
-    runs = timed_runs(spec, a.grpo_methods, a.repeats, report)
+    runs = timed_runs(spec, a.grpo_methods, a.repeats, report, GRPO_RUNNERS)
     rows = []
     for m in a.grpo_methods:
-        base_row = None
-        for r in RUNNERS:
+        base_row = bf16_row = None
+        for r in GRPO_RUNNERS:
             rs = runs[(r, m)]
             med = lambda f: statistics.median(f(x) for x in rs)  # noqa: E731
             row = {"runner": r, "method": m, "completions/s": round(med(lambda x: x["completions"] / x["seconds"]), 4),
@@ -669,18 +675,23 @@ def run_grpo(a: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
                    "completions/step": med(lambda x: x["completions"]) / a.steps,
                    "peak MB": med(lambda x: x["peak_mb"]), "same prompts": all(x["prompts_match"] for x in rs)}
             base_row = base_row or row
+            bf16_row = row if r == "tunelab_bf16" else bf16_row
             row["speed tunelab/x"] = harness.ratio(base_row["completions/s"], row["completions/s"])
             row["tok/s tunelab/x"] = harness.ratio(base_row["gen tok/s"], row["gen tok/s"])
             row["memory tunelab/x"] = harness.ratio(base_row["peak MB"], row["peak MB"])
+            row["speed tunelab_bf16/x"] = harness.ratio(bf16_row["completions/s"], row["completions/s"]) if bf16_row \
+                else None
+            row["memory tunelab_bf16/x"] = harness.ratio(bf16_row["peak MB"], row["peak MB"]) if bf16_row else None
             rows.append(row)
     print(f"\n## GRPO throughput (median of {a.repeats}); both sample, so completions and their lengths differ\n")
     print(harness.table(rows, ["runner", "method", "completions/s", "gen tok/s", "s/step", "mean length",
                                "generating s/step", "peak MB", "speed tunelab/x", "tok/s tunelab/x",
-                               "memory tunelab/x", "same prompts"]))
+                               "memory tunelab/x", "speed tunelab_bf16/x", "memory tunelab_bf16/x",
+                               "same prompts"]))
     label, need, _ = TARGETS["grpo"]
-    verdicts = [f"grpo {r['method']} vs {r['runner']}: {label}: {r['speed tunelab/x']}x (generated tokens/s "
-                f"{r['tok/s tunelab/x']}x) -> {'met' if (r['speed tunelab/x'] or 0) >= need else 'NOT met'}"
-                for r in rows if r["runner"] != "tunelab"]
+    verdicts = [f"grpo {r['method']} {t} vs {r['runner']}: {label}: {r[f'speed {t}/x']}x -> "
+                f"{'met' if (r[f'speed {t}/x'] or 0) >= need else 'NOT met'}"
+                for t in ("tunelab", "tunelab_bf16") for r in rows if r["runner"].startswith("trl")]
     settings = {k: v for k, v in spec.items() if k not in ("run", "mode", "prompts")}
     settings["prompt_texts"] = [p["text"] for p in plan["prompts"]]
     return {"settings": settings, "results": rows, "targets": verdicts,

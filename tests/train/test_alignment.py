@@ -164,6 +164,32 @@ def test_grpo_resume_is_exact_including_the_sampled_completions(tmp_path, reward
     assert_same_weights(tmp_path / "part", tmp_path / "whole", 0.0)
 
 
+def test_grpo_rollouts_from_a_bfloat16_copy_resume_exactly_and_are_corrected(tmp_path, reward_file):
+    """objective.rollout_dtype=bfloat16: sampled from the merged bf16 copy (refreshed each step), the
+    policy's probability of each sampled token over the copy's is logged near 1 (a misaligned token
+    would be off by orders of magnitude), and a resumed run samples and trains exactly as the whole one
+    (the copy is rebuilt from the restored policy)."""
+    bf16 = ["objective.rollout_dtype=bfloat16"]
+    train(grpo(tmp_path, reward_file, "whole", *bf16))
+
+    def crash(step, state):
+        if step == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    part = grpo(tmp_path, reward_file, "part", *bf16)
+    with pytest.raises(KeyboardInterrupt):
+        train(part, callbacks=(crash,))
+    train(part, resume=True)
+    a, b = metrics(tmp_path / "whole"), metrics(tmp_path / "part")
+    keys = ("loss", "grad_norm", "reward", "completion_length", "rollout_is_ratio", "rollout_is_truncated")
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+    assert (tmp_path / "part" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
+    assert_same_weights(tmp_path / "part", tmp_path / "whole", 0.0)
+    assert all(0.97 < r["rollout_is_ratio"] < 1.03 and r["rollout_is_truncated"] < 0.05 for r in a), a
+    train(grpo(tmp_path, reward_file, "model"))  # the default samples from the policy itself: no ratio logged
+    assert all("rollout_is_ratio" not in r for r in metrics(tmp_path / "model"))
+
+
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
 def test_grpo_accumulation_invariance(tmp_path, reward_file, loss_type):
     """A step's prompts are rolled out together whatever the micro-batches, and the loss is normalised
@@ -206,6 +232,8 @@ def test_grpo_metrics_samples_and_kl_to_the_reference(tmp_path, reward_file, met
      r"LoRA-family method, not method.name full"),
     (["objective.reference=adapters_off"], "fsdp", r"adapters_off under strategy fsdp is not supported"),
     (["stage=grpo"], "zero3", r"stage grpo under strategy zero3 is not supported yet"),
+    (["stage=grpo", "method.name=dora", "objective.rollout_dtype=bfloat16"], "", r"objective.rollout_dtype': a "
+     r"bfloat16 rollout copy is made for methods full, freeze, lora and lora_plus, not dora"),
 ])
 def test_what_a_reference_or_strategy_cannot_do_is_one_message(tmp_path, pairs, capsys, over, strategy, message):
     """Refused with exit 2 before any process is launched or any weight loads, nothing written."""

@@ -423,3 +423,18 @@ def test_grpo_loss_matches_trl_grpotrainer(grpo_trainer, loss_type, kl_coef, kl_
         if p.grad is not None:
             assert torch.allclose(p.grad, g_trl[n], atol=1e-6, rtol=1e-4), n
     model.zero_grad()
+
+
+def test_truncated_importance_sampling_closed_form():
+    """Each token's loss times min(exp(logp - rollout_logp), cap), the weight without gradient."""
+    from tunelab.train.grpo_math import truncated_is
+
+    logps = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
+    rollout = torch.tensor([-1.0, -2.0 - math.log(2), -0.5 - math.log(5), -3.0 + math.log(4)])
+    per_token = -logps * 1.5
+    out, stats = truncated_is(per_token, logps.detach(), rollout, cap=3.0)
+    assert torch.allclose(out, per_token * torch.tensor([1.0, 2.0, 3.0, 0.25]), atol=1e-6)
+    out.sum().backward()
+    assert torch.allclose(logps.grad, -1.5 * torch.tensor([1.0, 2.0, 3.0, 0.25]), atol=1e-6)
+    assert stats["rollout_is_ratio"] == pytest.approx((1 + 2 + 5 + 0.25) / 4, rel=1e-5)
+    assert stats["rollout_is_truncated"] == 0.25

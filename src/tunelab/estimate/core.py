@@ -85,7 +85,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False,
              cpu_allocator: str = "auto", recompute_elementwise: bool = True, logps: bool = False,
              padded: bool = False, build_vocab: int | None = None, rollout_rows: int = 0, rollout_len: int = 0,
-             reference_copy: bool = False) -> Estimate:
+             reference_copy: bool = False, rollout_copy_bytes: int = 0) -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -101,7 +101,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     The other stages (builder.py sets these from `stage`): `logps`, tokens scored by models/logps.py (dpo,
     grpo) instead of the fused loss; `padded`, rows padded to the widest with a mask (counted like packed
     rows' mask); `rollout_rows` x `rollout_len`, the rows grpo generates together (their key/value cache);
-    `reference_copy`, grpo's frozen copy of the weights (full/freeze with a KL term). `build_vocab`: a model
+    `reference_copy`, grpo's frozen copy of the weights (full/freeze with a KL term); `rollout_copy_bytes`,
+    grpo's rollout copy (objective.rollout_dtype) at that many bytes a weight. `build_vocab`: a model
     built from scratch is first made at this vocabulary (the named model's), then resized to `vocab_size`."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
@@ -245,7 +246,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     else:  # the gradients made outgrow the activations freed
         mid_acts, mid_grads = fixed, grad_bytes + tied_emb_grad
     held = {"weights": weights, "adapters": adapters, "distributed": extra_dist, "optimizer": opt_bytes,
-            "reference": weights if reference_copy else 0.0}
+            "reference": weights if reference_copy else 0.0,
+            "rollout copy": float(rollout_copy_bytes * total)}  # grpo rollout_dtype: a copy at that many bytes a weight
     moments = {
         "forward": {**held, "gradients": grad_bytes if accum else 0.0, "activations": acts + forward_copies,
                     "logits": forward_logits},
@@ -261,7 +263,8 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     phase = max(phases, key=phases.get)
     components = {k: moments[phase].get(k, 0.0) for k in
                   ("weights", "adapters", "gradients", "optimizer", "activations", "logits", "distributed")}
-    components.update({k: moments[phase][k] for k in ("reference", "kv cache") if moments[phase].get(k)})
+    components.update({k: moments[phase][k] for k in ("reference", "rollout copy", "kv cache")
+                       if moments[phase].get(k)})
     if not gpu:  # resident memory also holds libraries loaded after the baseline and allocator slack
         components["framework"] = framework_overhead(method=method, optimizer=optimizer)
         from ..models.cpu_alloc import expected

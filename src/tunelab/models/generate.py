@@ -9,6 +9,17 @@ position, decodes all rows in one step per token. Generation stops at the templa
 token (e.g. `<|im_end|>`) as well as the tokenizer's eos.
 
 Sampling: `n` samples per prompt, sample j seeded with `seed + j`, so runs are repeatable.
+
+The decoding loop is tunelab's own (`decode`), not `model.generate`, when no stop string is asked
+for: a prefill that keeps only the last position's logits, then one forward per token with the KV
+cache, greedy or an exact inverse-CDF draw (one uniform per row; temperature, then top-p as
+transformers' TopPLogitsWarper). Why by hand: on a CPU a small model's decoding is bound by reading
+the weights, and what `generate` adds around the forward (its logits processors, stopping criteria,
+and `torch.multinomial`'s exponential draw over the whole vocabulary, ~8 ms a token for 8 rows of a
+49k vocabulary) was ~25% of a SmolLM2 rollout; it also hands back each sampled token's
+log-probability under the distribution it was drawn from, which GRPO needs when its rollouts come
+from a lower-precision copy (train/grpo.py). Greedy decoding equals `generate` token for token
+(tests/models/test_generate.py); stop strings (plain-text few-shot) go through `generate`.
 """
 from __future__ import annotations
 
@@ -43,36 +54,117 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut].strip()
 
 
+def _cache_keyword(model: Any) -> str | None:
+    """The keyword under which the forward of a transformers causal LM (or of the model a PEFT wrapper
+    holds) takes its KV cache (`cache` since transformers 5.x, `past_key_values` before), if it also
+    takes `logits_to_keep`; else None (such a model decodes through `generate`)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    if "logits_to_keep" not in params:
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _draw(logits: Any, temperature: float, top_p: float) -> tuple[Any, Any]:
+    """(token [B], its log-probability under the sampled distribution [B]) for next-token logits [B, V].
+    Greedy at temperature 0 (log-probability 0). Otherwise softmax(logits / temperature), restricted to
+    the smallest head of tokens whose mass reaches top_p (at least one; transformers' TopPLogitsWarper),
+    then one uniform per row through the cumulative distribution: exact, and one random number a row."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1), logits.new_zeros(logits.shape[0], dtype=torch.float32)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
+        drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
+        logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+    cdf = logp.exp().cumsum(-1)
+    u = cdf[:, -1:] * (1.0 - torch.rand(cdf.shape[0], 1, device=cdf.device))  # in (0, total]: never a 0-mass token
+    token = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).squeeze(1)
+    return token, logp.gather(1, token[:, None]).squeeze(1)
+
+
+def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature: float, top_p: float,
+           stop_ids: list[int], pad_id: int) -> tuple[Any, Any]:
+    """Left-padded prompts [B, W] -> (new ids [B, T], their sampling log-probabilities [B, T]), T <= max_new_tokens:
+    rows that stopped are filled with pad_id (as `generate` fills them), and decoding ends when every row has."""
+    import torch
+    from transformers import DynamicCache
+
+    B, W = ids.shape
+    mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
+    positions = (mask[:, :W].cumsum(1) - 1).clamp_(min=0)
+    cache = {_cache_keyword(model) or "past_key_values": DynamicCache()}
+    stops = torch.tensor(stop_ids, device=ids.device)
+    running = torch.ones(B, dtype=torch.bool, device=ids.device)
+    tokens, logps = [], []
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask[:, :W], position_ids=positions, **cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        position = positions[:, -1:]
+        for t in range(max_new_tokens):
+            token, logp = _draw(logits, temperature, top_p)
+            token = torch.where(running, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            logps.append(torch.where(running, logp, torch.zeros_like(logp)))
+            running &= ~torch.isin(token, stops)
+            if t + 1 == max_new_tokens or not bool(running.any()):
+                break
+            position = position + 1
+            logits = model(input_ids=token[:, None], attention_mask=mask[:, : W + t + 1], position_ids=position,
+                           **cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(logps, 1)
+
+
 class Generator:
-    def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int], stop_strings: list[str] | None = None):
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int], stop_strings: list[str] | None = None,
+                 engine: str = "auto"):
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, stop_ids
         self.pad_id = pad_token_id(tokenizer, stop_ids)
         self.stop_strings = list(stop_strings or [])
+        # tunelab's loop unless a stop string is asked for (transformers' StopStringCriteria) or the model's
+        # forward lacks what the loop calls; "hf" forces `model.generate`
+        self.engine = engine if engine != "auto" else \
+            ("tunelab" if not self.stop_strings and _cache_keyword(model) else "hf")
 
-    def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int, list[int]]]:
-        """(reply text, generated tokens, generated ids up to and with the stop token) per prompt."""
+    def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int, list[int], list[float]]]:
+        """(reply text, generated tokens, generated ids up to and with the stop token, their sampling
+        log-probabilities: empty from `generate`) per prompt."""
         import torch
 
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                 stop_ids=self.stop_ids, pad_id=self.pad_id)
-        if self.stop_strings:  # each row stops at its own stop string; the text is cut there below
-            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if self.engine == "tunelab":
+            new_ids, new_logps = decode(self.model, ids, mask, max_new_tokens=s.max_new_tokens,
+                                        temperature=s.temperature, top_p=s.top_p, stop_ids=self.stop_ids,
+                                        pad_id=self.pad_id)
+            rows, row_logps = new_ids.tolist(), new_logps.tolist()
+        else:
+            kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                     stop_ids=self.stop_ids, pad_id=self.pad_id)
+            if self.stop_strings:  # each row stops at its own stop string; the text is cut there below
+                kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            rows, row_logps = out[:, width:].tolist(), [[] for _ in prompts]
         results = []
-        for row in out[:, width:].tolist():
+        for row, logps in zip(rows, row_logps):
             n = len(row)
             for j, t in enumerate(row):
                 if t in self.stop_ids:
                     n = j + 1
                     break
-            new = [t for t in row[:n] if t != self.pad_id or t in self.stop_ids]
+            keep = [j for j, t in enumerate(row[:n]) if t != self.pad_id or t in self.stop_ids]
+            new = [row[j] for j in keep]
             text = decode_reply(self.tokenizer, new)
-            results.append((cut_at_stop(text, self.stop_strings) if self.stop_strings else text, len(new), new))
+            results.append((cut_at_stop(text, self.stop_strings) if self.stop_strings else text, len(new), new,
+                            [logps[j] for j in keep] if logps else []))
         return results
 
     def generate(self, prompts: list[list[int]], s: GenerationSettings,
@@ -80,7 +172,8 @@ class Generator:
                  skip: Iterable[tuple[int, int]] = (), progress: bool = True,
                  with_ids: bool = False) -> dict[tuple[int, int], tuple]:
         """Return {(prompt index, sample index): (text, generated tokens)}; `skip` holds finished pairs.
-        `with_ids`: (text, generated tokens, generated ids) instead (GRPO trains on the very ids sampled)."""
+        `with_ids`: (text, generated tokens, generated ids, their sampling log-probabilities) instead (GRPO
+        trains on the very ids sampled; the log-probabilities are empty from the "hf" engine)."""
         import torch
         from tqdm.auto import tqdm
 

@@ -37,6 +37,7 @@ from .objectives import Metrics, Objective
 
 COMPLETION_STATS = ("reward", "reward_std", "completion_length", "truncated", "rollout_s")
 TOKEN_STATS = ("kl", "entropy", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region")
+IS_STATS = ("rollout_is_ratio", "rollout_is_truncated")  # rollouts from a lower-precision copy
 
 
 class GRPO(Objective):
@@ -47,13 +48,15 @@ class GRPO(Objective):
                  scale_rewards: str = "group", loss_type: str = "dapo", epsilon: float = 0.2,
                  epsilon_high: float | None = None, kl_coef: float = 0.0, reference: str = "adapters_off",
                  seed: int = 0, generation_batch_size: int = 64, samples_path: Path | None = None,
-                 sample_every: int = 10, **_: Any):
+                 sample_every: int = 10, rollout_dtype: str = "model", rollout_is_cap: float = 3.0, **_: Any):
         self.tokenizer, self.pad_id, self.stop_ids, self.rewards = tokenizer, pad_id, stop_ids, rewards
         self.G, self.max_new_tokens, self.temperature, self.top_p = num_generations, max_new_tokens, temperature, top_p
         self.scale_rewards, self.loss_type = scale_rewards, loss_type
         self.epsilon, self.epsilon_high, self.kl_coef = epsilon, epsilon_high or epsilon, kl_coef
         self.reference, self.seed, self.generation_batch_size = reference, seed, generation_batch_size
         self.samples_path, self.sample_every = samples_path, sample_every
+        self.rollout_dtype, self.rollout_is_cap = rollout_dtype, rollout_is_cap
+        self.inference_copy: Any = None  # models/inference_copy.py, made at the first rollout
         self.model: torch.nn.Module | None = None
         self.ref_model: torch.nn.Module | None = None  # full/freeze with kl_coef > 0: a frozen copy (recipe)
         self.stats = Metrics()
@@ -74,7 +77,14 @@ class GRPO(Objective):
         from ..models.generate import GenerationSettings, Generator
 
         expanded = [p for p in prompts for _ in range(self.G)]
-        gen = Generator(self.model, self.tokenizer, self.stop_ids)
+        model = self.model
+        if self.rollout_dtype != "model":
+            from ..models.inference_copy import InferenceCopy
+
+            if self.inference_copy is None:
+                self.inference_copy = InferenceCopy(self.model, self.rollout_dtype)
+            model = self.inference_copy.refresh()
+        gen = Generator(model, self.tokenizer, self.stop_ids)
         settings = GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                       top_p=self.top_p, n=1, seed=self._seed(), batch_size=self.generation_batch_size)
         out = gen.generate(expanded, settings, progress=False, with_ids=True)
@@ -93,7 +103,7 @@ class GRPO(Objective):
         t0 = time.perf_counter()
         done = self.rollout(rows["prompt_ids"])
         seconds = time.perf_counter() - t0
-        texts = [text for text, _, _ in done]
+        texts = [text for text, _, _, _ in done]
         answers = [a for a in rows["answer"] for _ in range(self.G)]
         prompts = [p for p in rows["prompt"] for _ in range(self.G)]
         per_fn = self.rewards.score(texts, answers, prompts)
@@ -102,20 +112,23 @@ class GRPO(Objective):
 
         n = len(done)
         group_std = total.view(-1, self.G).std(dim=1).mean().item() if self.G > 1 else 0.0
-        truncated = sum(1 for _, _, ids in done if not ids or ids[-1] not in self.stop_ids)
+        truncated = sum(1 for _, _, ids, _ in done if not ids or ids[-1] not in self.stop_ids)
         sums = {"reward": total.sum().item(), "reward_std": group_std * n,
-                "completion_length": float(sum(len(ids) for _, _, ids in done)), "truncated": float(truncated),
+                "completion_length": float(sum(len(ids) for _, _, ids, _ in done)), "truncated": float(truncated),
                 "rollout_s": seconds * n}
         for name, values in per_fn.items():
             sums[f"rewards/{name}"] = sum(values)
         self.stats.add("train", n, **sums)
         self._write_samples(rows, texts, total.tolist(), per_fn)
 
-        seqs = [(p, ids) for p, (_, _, ids) in zip((p for p in rows["prompt_ids"] for _ in range(self.G)), done)]
+        seqs = [(p, ids) for p, (_, _, ids, _) in zip((p for p in rows["prompt_ids"] for _ in range(self.G)), done)]
         batches, start = [], 0
         for units in micro:
             k = sum(len(u) for u in units) * self.G
-            batches.append(self._batch(seqs[start:start + k], advantages[start:start + k]))
+            batch = self._batch(seqs[start:start + k], advantages[start:start + k])
+            if self.rollout_dtype != "model" and self.rollout_is_cap:
+                batch["rollout_logps"] = self._rollout_logps(batch["labels"], [r[3] for r in done[start:start + k]])
+            batches.append(batch)
             start += k
         return batches
 
@@ -126,6 +139,20 @@ class GRPO(Objective):
 
         rows = [{"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c} for p, c in seqs]
         return {**collate_padded(rows, self.pad_id), "advantages": advantages}
+
+    @staticmethod
+    def _rollout_logps(labels: torch.Tensor, logps: list[list[float]]) -> torch.Tensor:
+        """The sampler's log-probability of each completion token, at the token's label position (0 elsewhere)."""
+        from ..data.render import IGNORE_INDEX
+
+        out = torch.zeros(labels.shape, dtype=torch.float32)
+        for row, values in enumerate(logps):
+            where = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
+            if len(values) != len(where):
+                raise RuntimeError(f"rollout row {row}: {len(values)} sampling log-probabilities for {len(where)} "
+                                   "completion tokens")
+            out[row, where] = torch.tensor(values, dtype=torch.float32)
+        return out
 
     def _write_samples(self, rows: dict[str, list], texts: list[str], total: list[float],
                        per_fn: dict[str, list[float]]) -> None:
@@ -152,7 +179,8 @@ class GRPO(Objective):
     def metrics(self, split: str, accelerator: Any) -> dict[str, float]:
         keys = COMPLETION_STATS + tuple(f"rewards/{n}" for n in self.rewards.names)
         out = self.stats.read(split, accelerator, keys)
-        out.update(self.stats.read(split + "_tokens", accelerator, TOKEN_STATS))
+        corrected = self.rollout_dtype != "model" and self.rollout_is_cap
+        out.update(self.stats.read(split + "_tokens", accelerator, TOKEN_STATS + (IS_STATS if corrected else ())))
         if "rewards/correct" in out:
             out["accuracy"] = out["rewards/correct"]
         return out
@@ -180,9 +208,11 @@ class GRPOLoss(LossModule):
                 return token_logps(self.model, input_ids, labels, attention_mask, temperature=o.temperature).logps
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-                advantages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                advantages: torch.Tensor, rollout_logps: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         from ..models.logps import token_logps
-        from .grpo_math import grpo_sum_and_count, grpo_token_loss
+        from ..data.batching import supervised_mask
+        from .grpo_math import grpo_sum_and_count, grpo_token_loss, truncated_is
 
         o = self.objective
         n = input_ids.shape[0]
@@ -191,11 +221,16 @@ class GRPOLoss(LossModule):
         per_token, stats = grpo_token_loss(t.logps, t.logps.detach(), advantages.to(t.logps)[t.rows],
                                            epsilon_low=o.epsilon, epsilon_high=o.epsilon_high, ref_logps=ref,
                                            kl_coef=o.kl_coef)
+        extra = {}
+        if rollout_logps is not None:  # truncated importance sampling: the rollouts came from another precision
+            per_token, extra = truncated_is(per_token, t.logps.detach(), rollout_logps[:, 1:][supervised_mask(labels)],
+                                            o.rollout_is_cap)
         loss, norm = grpo_sum_and_count(per_token, t.seqs, n, o.loss_type, o.max_new_tokens)
         with torch.no_grad():
             k = float(t.logps.numel())
             o.stats.add("train_tokens", k, kl=float(stats.get("kl", 0.0)) * k, entropy=t.entropy.sum().item(),
-                        **{name: float(stats[f"{name}_mean"]) * k for name in TOKEN_STATS[2:]})
+                        **{name: float(stats[f"{name}_mean"]) * k for name in TOKEN_STATS[2:]},
+                        **{name: v * k for name, v in extra.items()})
         return loss, torch.tensor(norm, device=loss.device)
 
 

@@ -95,6 +95,20 @@ def grpo_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages_per
     return loss, stats
 
 
+def truncated_is(per_token_loss: torch.Tensor, logps: torch.Tensor, rollout_logps: torch.Tensor, cap: float
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token losses weighted by min(pi / pi_rollout, cap), the policy's probability of each sampled token
+    over the probability it was sampled with (a lower-precision rollout copy): truncated importance
+    sampling (Yao et al. 2025; TRL's `vllm_importance_sampling_mode="token_truncate"`). The weight is
+    a constant (no gradient). Also the token-mean ratio before truncation and the truncated fraction."""
+    with torch.no_grad():
+        ratio = torch.exp(logps.float() - rollout_logps.to(logps.device).float())
+        weight = ratio.clamp(max=cap)
+        stats = {"rollout_is_ratio": float(ratio.mean()) if ratio.numel() else 1.0,
+                 "rollout_is_truncated": float((ratio > cap).float().mean()) if ratio.numel() else 0.0}
+    return per_token_loss * weight.to(per_token_loss.dtype), stats
+
+
 def grpo_normaliser(loss_type: str, token_counts: torch.Tensor, max_completion_length: int | None = None
                     ) -> tuple[torch.Tensor, float]:
     """(weight of each sequence's tokens [S], count) for `loss_type` (see the module docstring):

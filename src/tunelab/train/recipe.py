@@ -194,6 +194,7 @@ def objective_settings(cfg: C.Config, tokenizer: Any, end_of_turn: str, run_dir:
                 epsilon_high=o.epsilon_high, kl_coef=o.kl_coef,
                 reference="adapters_off" if cfg.method.name in ("lora", "lora_plus", "dora", "qlora") else "copy",
                 seed=cfg.training.seed, generation_batch_size=o.generation_batch_size,
+                rollout_dtype=o.rollout_dtype, rollout_is_cap=o.rollout_is_cap,
                 samples_path=run_dir / rundir.SAMPLES, sample_every=o.sample_every)
 
 
