@@ -30,6 +30,8 @@ runner's step-2 loss and reward margin (after one identical update) with tunelab
 GRPO (LoRA by default; `--grpo-methods lora,full`): completions per second and wall time per step of
   tunelab       `stage: grpo` on `arith_en` prompts (rendered as `tunelab eval` renders them), reward
                 `correct` (train/rewards.py: the evaluation grader).
+  tunelab_bf16  the same with `objective.rollout_dtype: bfloat16` (rollouts from a merged bf16 copy of the
+                policy, refreshed each step, the loss importance-corrected; the refresh is timed as rollout).
   trl_default   `GRPOTrainer` with its defaults (gradient checkpointing on, no vLLM) and the same reward
                 function (tunelab's `correct`, called from a TRL-signature wrapper).
   trl_best      the same with gradient checkpointing off.
