@@ -681,10 +681,10 @@ def run_grpo(a: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
             row["speed tunelab/x"] = harness.ratio(base_row["completions/s"], row["completions/s"])
             row["tok/s tunelab/x"] = harness.ratio(base_row["gen tok/s"], row["gen tok/s"])
             row["memory tunelab/x"] = harness.ratio(base_row["peak MB"], row["peak MB"])
-            row["speed tunelab_bf16/x"] = harness.ratio(bf16_row["completions/s"], row["completions/s"]) if bf16_row \
-                else None
-            row["memory tunelab_bf16/x"] = harness.ratio(bf16_row["peak MB"], row["peak MB"]) if bf16_row else None
             rows.append(row)
+        for row in rows[-len(GRPO_RUNNERS):]:  # against the bf16-rollout runner too (rows of this method)
+            row["speed tunelab_bf16/x"] = harness.ratio(bf16_row["completions/s"], row["completions/s"])
+            row["memory tunelab_bf16/x"] = harness.ratio(bf16_row["peak MB"], row["peak MB"])
     print(f"\n## GRPO throughput (median of {a.repeats}); both sample, so completions and their lengths differ\n")
     print(harness.table(rows, ["runner", "method", "completions/s", "gen tok/s", "s/step", "mean length",
                                "generating s/step", "peak MB", "speed tunelab/x", "tok/s tunelab/x",

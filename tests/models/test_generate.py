@@ -122,7 +122,9 @@ def test_inference_copy_is_the_merged_policy_and_follows_it(lora_qwen):
         assert torch.allclose(copy.refresh()(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
         for k, v in before.items():
             model.state_dict()[k].copy_(v)
+    dtype = model.get_base_model().config.dtype
     bf16 = InferenceCopy(model, "bfloat16").refresh()
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert model.get_base_model().config.dtype == dtype  # the policy's saved config still says what it is
     if bf16.config.tie_word_embeddings:
         assert bf16.lm_head.weight.data_ptr() == bf16.get_input_embeddings().weight.data_ptr()

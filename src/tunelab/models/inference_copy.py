@@ -19,6 +19,7 @@ rules and are refused by the config check (train/grpo.py `check_rollout_dtype`).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -46,8 +47,10 @@ class InferenceCopy:
         device = next(policy.parameters()).device
         # built for real, not on the meta device: rotary tables and other non-persistent state are made
         # by the modules' constructors, which to_empty() would leave uninitialised
+        # a config of its own: from_config(dtype=...) writes the dtype into the config it is given, and the
+        # policy's config must keep saying float32 (it is saved with the trained weights)
         with torch.device(device):
-            self.model = AutoModelForCausalLM.from_config(base.config, dtype=self.dtype)
+            self.model = AutoModelForCausalLM.from_config(copy.deepcopy(base.config), dtype=self.dtype)
         self.model.eval().requires_grad_(False)
         self.model.generation_config = base.generation_config
         self.loaded = False
