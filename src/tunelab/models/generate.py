@@ -67,6 +67,11 @@ def _cache_keyword(model: Any) -> str | None:
     return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
+def can_decode(model: Any) -> bool:
+    """Whether `decode` can run this model (else `model.generate` does)."""
+    return _cache_keyword(model) is not None
+
+
 def _draw(logits: Any, temperature: float, top_p: float) -> tuple[Any, Any]:
     """(token [B], its log-probability under the sampled distribution [B]) for next-token logits [B, V].
     Greedy at temperature 0 (log-probability 0). Otherwise softmax(logits / temperature), restricted to
@@ -103,9 +108,11 @@ def _next_logits(model: Any, cache: dict[str, Any], **inputs: Any) -> Any:
 
 
 def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature: float, top_p: float,
-           stop_ids: list[int], pad_id: int) -> tuple[Any, Any]:
+           stop_ids: list[int], pad_id: int, on_token: Callable[[Any], bool] | None = None) -> tuple[Any, Any]:
     """Left-padded prompts [B, W] -> (new ids [B, T], their sampling log-probabilities [B, T]), T <= max_new_tokens:
-    rows that stopped are filled with pad_id (as `generate` fills them), and decoding ends when every row has."""
+    rows that stopped are filled with pad_id (as `generate` fills them), and decoding ends when every row has.
+    `on_token(tokens [B])` sees each step's tokens as they are drawn (the server streams them); it returns
+    True to stop there (a cancelled request)."""
     import torch
     from transformers import DynamicCache
 
@@ -125,7 +132,8 @@ def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature:
             tokens.append(token)
             logps.append(torch.where(running, logp, torch.zeros_like(logp)))
             running &= ~torch.isin(token, stops)
-            if t + 1 == max_new_tokens or not bool(running.any()):
+            cancelled = on_token(token) if on_token is not None else False
+            if cancelled or t + 1 == max_new_tokens or not bool(running.any()):
                 break
             position = position + 1
             logits = _next_logits(model, cache, input_ids=token[:, None], attention_mask=mask[:, : W + t + 1],
@@ -142,7 +150,7 @@ class Generator:
         # tunelab's loop unless a stop string is asked for (transformers' StopStringCriteria) or the model's
         # forward lacks what the loop calls; "hf" forces `model.generate`
         self.engine = engine if engine != "auto" else \
-            ("tunelab" if not self.stop_strings and _cache_keyword(model) else "hf")
+            ("tunelab" if not self.stop_strings and can_decode(model) else "hf")
 
     def _batch(self, prompts: list[list[int]], s: GenerationSettings) -> list[tuple[str, int, list[int], list[float]]]:
         """(reply text, generated tokens, generated ids up to and with the stop token, their sampling

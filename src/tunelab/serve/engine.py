@@ -12,9 +12,10 @@ order; each caller reads the tokens of its own job from its own queue, so output
 worker also lets a caller stop a generation between two decoding steps (a stop string seen, an HTTP
 client gone, Ctrl-C in chat) without killing anything.
 
-Why the reply equals `tunelab eval`'s: `model.generate` runs with the keyword arguments of
-`models.generation.generate_kwargs`, as eval's rollouts do (greedy at temperature 0, stop at the
-template's end-of-turn token and eos), and the reply is the decoded tokens without special tokens,
+Why the reply equals `tunelab eval`'s: the tokens come from eval's decoding loop (`models.generate.decode`,
+each token handed over as it is drawn; `model.generate` with `models.generation.generate_kwargs` for a
+model the loop cannot run, as eval does then): greedy at temperature 0, the same seeded draws otherwise,
+stop at the template's end-of-turn token and eos; and the reply is the decoded tokens without special tokens,
 stripped (`models.generation.decode_reply`'s definition, built up token by token here); sampling is seeded with `torch.manual_seed(seed)` as Generator seeds sample 0. Tests
 check served == evaluated for greedy and for seeded sampling.
 
@@ -28,6 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from ..models.generate import can_decode, decode
 from ..models.generation import generate_kwargs, pad_token_id
 
 
@@ -212,11 +214,20 @@ class Engine:
         s = job.sampling
         device = next(self.model.parameters()).device
         ids = torch.tensor([job.prompt], device=device)
+        # the worker is the only thread that samples, so seeding the global generator is safe
+        torch.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
+        if can_decode(self.model):  # eval's decoding loop (models/generate.py), as eval runs it: served == evaluated
+            def on_token(token: Any) -> bool:
+                engine._tokens += 1
+                job.out.put(int(token[0]))
+                return job.cancel.is_set()
+
+            decode(self.model, ids, torch.ones_like(ids), max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                   top_p=s.top_p, stop_ids=self.stop_ids, pad_id=self.pad_id, on_token=on_token)
+            return
         # the same keyword arguments as eval's rollouts (models/generation.py): served == evaluated
         kwargs = generate_kwargs(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                  stop_ids=self.stop_ids, pad_id=self.pad_id)
-        # the worker is the only thread that samples, so seeding the global generator is safe
-        torch.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
         with torch.no_grad():
             self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=Tokens(),
                                 stopping_criteria=StoppingCriteriaList([Cancelled()]), **kwargs)
