@@ -16,14 +16,16 @@ import pytest
 from tests.conftest import REPO, shared_data
 
 RUNNERS = ["tunelab", "trl_default", "trl_best"]
+# GRPO: the fp32 base, the bf16 rollout copy with bf16 autocast training (every bf16 path of tunelab's), TRL
+GRPO_RUNNERS = ["tunelab", "tunelab_amp", "trl_best"]
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     shared_data("gsm8k_train.jsonl")
     out = tmp_path_factory.mktemp("align")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "align.py"), "--tiny",
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=1500)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "align.py"), "--tiny", "--out", str(out),
+                           "--grpo-runners", ",".join(GRPO_RUNNERS)], capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     return json.loads((out / "align_cpu.json").read_text())
 
@@ -72,15 +74,16 @@ def test_align_bench_grpo_tiny(result):
     s = grpo["settings"]
     per_step = s["grpo_batch"] * s["grpo_accum"] * s["generations"]
     rows = grpo["results"]
-    assert [r["runner"] for r in rows] == ["tunelab", "tunelab_bf16", "trl_default", "trl_best"]
+    assert [r["runner"] for r in rows] == GRPO_RUNNERS
     for r in rows:
         assert r["same prompts"]  # the same prompt ids, in the same order, G times each
         assert r["completions/step"] == per_step
         assert 0 < r["mean length"] <= s["max_new_tokens"]
         assert r["gen tok/s"] == pytest.approx(r["completions/s"] * r["mean length"], rel=2e-2)
-        assert r["speed tunelab/x"] == pytest.approx(rows[0]["completions/s"] / r["completions/s"], rel=2e-3)
         assert r["tok/s tunelab/x"] == pytest.approx(rows[0]["gen tok/s"] / r["gen tok/s"], rel=2e-3)
-        assert r["speed tunelab_bf16/x"] == pytest.approx(rows[1]["completions/s"] / r["completions/s"], rel=2e-3)
+        for k, base in ((0, "tunelab"), (1, "tunelab_amp")):  # every tunelab runner is a base of ratios
+            assert r[f"speed {base}/x"] == pytest.approx(rows[k]["completions/s"] / r["completions/s"], rel=2e-3)
+            assert r[f"memory {base}/x"] == pytest.approx(rows[k]["peak MB"] / r["peak MB"], rel=2e-3)
     for key, runs in grpo["runs"].items():
         run = runs[0]
         assert run["prompts_match"] and run["completions"] == s["steps"] * per_step, key
@@ -88,4 +91,6 @@ def test_align_bench_grpo_tiny(result):
         assert sum(c["completions"] for c in timed) == run["completions"]
         assert len(run["step_losses"]) == s["steps"] + 1
     assert len(s["prompt_texts"]) == (s["steps"] + 1) * s["grpo_batch"] * s["grpo_accum"]
-    assert sum(1 for t in grpo["targets"] if "completions/s >= 2x" in t) == 4  # tunelab and tunelab_bf16 vs 2 TRL
+    assert sum(1 for t in grpo["targets"] if "completions/s >= 2x" in t) == 3  # each tunelab runner vs TRL, fastest
+    fastest = max(rows[:2], key=lambda r: r["completions/s"])["runner"]
+    assert f"fastest tunelab ({fastest}) vs fastest TRL (trl_best)" in grpo["targets"][-1]

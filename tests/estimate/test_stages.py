@@ -120,8 +120,14 @@ def test_the_builder_reads_the_stage(monkeypatch):
                          "objective.max_new_tokens=16", "training.batch_size=2", "objective.kl_coef=0.1",
                          "method.name=full"])
     est = estimate_from_config(grpo, device=CPU, model_config=shape, seq_len=64)
-    assert est.inputs["batch_size"] == 8 and est.tokens_per_step == 8 * 64
+    # 8 rows of 64 tokens, 16 of them completion: each prompt runs once for its 4 rows (models/logps.py
+    # completion_logps), so a row costs 16 + 48 / 4 positions; with gradient checkpointing the full rows
+    assert est.inputs["batch_size"] == 8 and est.tokens_per_step == 8 * (16 + 48 // 4)
     assert est.supervised_tokens_per_step == 8 * 16  # completions only: max_new_tokens of each row
+    assert any("prompts run once for their 4 completions" in n for n in est.notes)
+    ckpt = C.load(None, ["stage=grpo", "data.name=arith_en", "objective.num_generations=4",
+                         "objective.max_new_tokens=16", "training.batch_size=2", "training.gradient_checkpointing=true"])
+    assert estimate_from_config(ckpt, device=CPU, model_config=shape, seq_len=64).tokens_per_step == 8 * 64
     assert est.phases["rollout"] == pytest.approx(
         est.components["weights"] * 2 + est.components["optimizer"]
         + M.kv_cache_bytes(ModelShape.from_config(shape), rows=8, tokens=64, bf16=False))

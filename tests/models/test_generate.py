@@ -88,20 +88,32 @@ def test_greedy_draw_is_the_argmax_with_log_probability_zero():
 
 def test_sampled_log_probabilities_are_the_models(lora_qwen):
     """What `decode` reports for each sampled token equals the model's log-softmax at the sampling
-    temperature, recomputed by one full forward over prompt + completion (GRPO corrects with these)."""
+    temperature, recomputed by one full forward over prompt + completion (GRPO corrects with these).
+    Rows repeat a prompt, as GRPO's G samples do: the distinct prompts are prefilled once (3 rows, not 5)
+    and each repeat then decodes on its own copy of the cache (its samples differ, its log-probs are right)."""
     model, tok = lora_qwen
     prompts = prompts_of(tok, QUESTIONS[:3])
+    prompts = prompts + prompts[:2]
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    seen = []
+    hook = model.get_base_model().get_decoder().register_forward_pre_hook(
+        lambda m, a, k: seen.append(tuple(k["input_ids"].shape)), with_kwargs=True)
     torch.manual_seed(3)
-    new, logps = decode(model, ids, mask, max_new_tokens=10, temperature=0.8, top_p=1.0, stop_ids=[-1], pad_id=0)
+    try:
+        new, logps = decode(model, ids, mask, max_new_tokens=10, temperature=0.8, top_p=1.0, stop_ids=[-1],
+                            pad_id=0)
+    finally:
+        hook.remove()
+    assert seen[0] == (3, width) and seen[1:] == [(5, 1)] * 9
+    assert new[3].tolist() != new[0].tolist() and new[4].tolist() != new[1].tolist()
     full_mask = torch.cat([mask, torch.ones_like(new)], 1)
     with torch.no_grad():
         logits = model(input_ids=torch.cat([ids, new], 1), attention_mask=full_mask,
                        position_ids=(full_mask.cumsum(1) - 1).clamp(min=0)).logits
     direct = torch.log_softmax(logits[:, width - 1:-1].float() / 0.8, -1).gather(2, new[..., None]).squeeze(2)
-    assert new.shape == (3, 10)
+    assert new.shape == (5, 10)
     assert torch.allclose(logps, direct, atol=1e-4), (logps - direct).abs().max()
 
 

@@ -1,6 +1,7 @@
 """`token_logps` (chunked, scored positions only) equals the plain full-logits computation in values,
 entropies and gradients, for padded and packed batches and chunk sizes that do not divide the count;
-per-sequence sums follow rows (padded) or packed examples."""
+per-sequence sums follow rows (padded) or packed examples. `completion_logps` (prompts run once, their
+cache copied to the rows that continue them) equals `token_logps` over the full rows."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from tunelab.data.batching import collate_packed, collate_padded
 from tunelab.data.render import IGNORE_INDEX
-from tunelab.models.logps import counts, per_row, token_logps
+from tunelab.models.logps import completion_logps, counts, per_row, token_logps
 
 from .test_loss import _examples, _grads  # the same random examples as the loss test
 
@@ -80,3 +81,50 @@ def test_per_row_and_counts():
     assert s.tolist() == [3.0, 0.0, 7.0] and counts(rows, 3).tolist() == [2, 0, 2]
     s.sum().backward()
     assert v.grad.tolist() == [1.0] * 4
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_completion_logps_with_shared_prompts_equal_full_rows(recompute):
+    """Two prompts of different lengths, three completions of each (lengths 1..7, right-padded), as GRPO's
+    groups: running each prompt once and copying its cache gives the full rows' log-probabilities,
+    entropies and gradients (every weight of the model, the embeddings' included), with the decoder seeing
+    2 prompt rows and 6 completion rows; also with models/recompute.py's hooks (tunelab's training default)."""
+    from tunelab.models.load import load_model
+    from tunelab.models.recompute import recompute_elementwise
+
+    model = load_model("tiny-qwen3").train()
+    if recompute:
+        assert recompute_elementwise(model) > 0
+    g = torch.Generator().manual_seed(0)
+    V = model.config.vocab_size
+    prompts = [torch.randint(3, V, (n,), generator=g).tolist() for n in (9, 5)]
+    lens = [7, 1, 4, 6, 3, 7]
+    comps = [torch.randint(3, V, (n,), generator=g).tolist() for n in lens]
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    W, C = max(map(len, prompts)), max(lens)
+    prompt_ids = torch.tensor([p + [0] * (W - len(p)) for p in prompts])
+    prompt_mask = torch.tensor([[1] * len(p) + [0] * (W - len(p)) for p in prompts])
+    completion_ids = torch.tensor([c + [0] * (C - len(c)) for c in comps])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (C - len(c)) for c in comps])
+    seen = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda m, a, k: seen.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    weights = torch.randn(sum(lens), generator=g)
+    out = {}
+    for share in (False, True):
+        model.zero_grad()
+        seen.clear()
+        r = completion_logps(model, prompt_ids, prompt_mask, group, completion_ids, completion_mask, chunk_size=5,
+                             entropy=True, temperature=0.7, share=share)
+        (r.logps * weights).sum().backward()
+        out[share] = (r, _grads(model), list(seen))
+    hook.remove()
+    (full, g_full, calls_full), (shared, g_shared, calls_shared) = out[False], out[True]
+    assert calls_full == [(6, 9 + 7)] and calls_shared == [(2, W), (6, C)]
+    assert shared.logps.shape == (sum(lens),) and shared.rows.tolist() == [b for b, n in enumerate(lens) for _ in range(n)]
+    assert torch.allclose(shared.logps, full.logps, atol=1e-5, rtol=0)
+    assert torch.allclose(shared.entropy, full.entropy, atol=1e-5, rtol=0)
+    assert shared.seqs.tolist() == full.seqs.tolist() and shared.n_seqs == full.n_seqs == 6
+    assert g_shared.keys() == g_full.keys() and len(g_full) == len(list(model.parameters()))
+    for name in g_full:
+        assert torch.allclose(g_shared[name], g_full[name], atol=1e-5, rtol=1e-4), name

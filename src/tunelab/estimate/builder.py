@@ -61,8 +61,16 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
                                   else model_config, "vocab_size", None) if vocab else None
     seq_len = seq_len or d.max_length
     grpo = cfg.stage == "grpo"
+    row_len, shared = seq_len, None
+    if grpo and _shares_prompts(model_config, t.gradient_checkpointing):
+        # models/logps.py completion_logps: a prompt's positions run once for its num_generations rows, so
+        # a row costs its completion plus 1/G of its prompt (the prompt's keys and values copied to each
+        # row are not counted: ~7% of what sharing saves for SmolLM2)
+        completion = min(o.max_new_tokens, seq_len - 1)
+        seq_len = completion + -(-(seq_len - completion) // o.num_generations)
+        shared = (row_len, seq_len)
     if supervised_fraction is None:
-        # grpo scores the completions only, at most max_new_tokens of each row (prompt + completion)
+        # grpo scores the completions only, at most max_new_tokens of each row
         supervised_fraction = min(1.0, o.max_new_tokens / seq_len) if grpo else 1.0
     # the weights stay a mapped view of the checkpoint file when it is stored in the dtype they are
     # loaded in (fp32 here); QLoRA on CPU then keeps the whole file resident (see overhead.py)
@@ -77,19 +85,30 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
     # and with a KL term full/freeze keep a frozen copy of the weights as the reference
     aligned = cfg.stage in ("dpo", "grpo")
     rollout = min(o.generation_batch_size, t.batch_size * t.grad_accum * o.num_generations) if grpo else 0
-    return estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size * rows_per_unit,
-                    seq_len=seq_len, supervised_fraction=supervised_fraction, logps=aligned, padded=aligned,
-                    rollout_rows=rollout, rollout_len=seq_len, build_vocab=build_vocab,
-                    reference_copy=grpo and o.kl_coef > 0 and m.name in ("full", "freeze"),
-                    rollout_copy_bytes=2 if grpo and o.rollout_dtype != "model" else 0,
-                    grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
-                    lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
-                    quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,
-                    freeze_trainable_layers=m.freeze_trainable_layers, attention=cfg.model.attn_implementation,
-                    weights_dtype=cfg.model.dtype, packing=d.packing and cfg.stage in ("sft", "pt"), grad_accum=t.grad_accum, vocab_size=vocab,
-                    nproc=nproc, strategy=strategy, checkpoint_mapped=mapped, trim_heap=t.trim_heap,
-                    cpu_allocator=t.cpu_allocator,
-                    recompute_elementwise=t.recompute_elementwise)
+    est = estimate(model_config, method=m.name, optimizer=cfg.optimizer.name, batch_size=t.batch_size * rows_per_unit,
+                   seq_len=seq_len, supervised_fraction=supervised_fraction, logps=aligned, padded=aligned,
+                   rollout_rows=rollout, rollout_len=row_len, build_vocab=build_vocab,
+                   reference_copy=grpo and o.kl_coef > 0 and m.name in ("full", "freeze"),
+                   rollout_copy_bytes=2 if grpo and o.rollout_dtype != "model" else 0,
+                   grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
+                   lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
+                   quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,
+                   freeze_trainable_layers=m.freeze_trainable_layers, attention=cfg.model.attn_implementation,
+                   weights_dtype=cfg.model.dtype, packing=d.packing and cfg.stage in ("sft", "pt"), grad_accum=t.grad_accum, vocab_size=vocab,
+                   nproc=nproc, strategy=strategy, checkpoint_mapped=mapped, trim_heap=t.trim_heap,
+                   cpu_allocator=t.cpu_allocator,
+                   recompute_elementwise=t.recompute_elementwise)
+    if shared:
+        est.notes.append(f"grpo: rows of {shared[0]} tokens whose prompts run once for their {o.num_generations} "
+                         f"completions count as {shared[1]} tokens each")
+    return est
+
+
+def _shares_prompts(model_config: Any, checkpointing: bool) -> bool:
+    """models/logps.py `_shares_prompts` from the config alone: a plain head and no gradient checkpointing."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return not checkpointing and not getattr(text, "final_logit_softcapping", None) \
+        and not getattr(text, "logit_scale", None)
 
 
 def _scratch(cfg: Any, model_config: Any) -> tuple[Any, int | None]:

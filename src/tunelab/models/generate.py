@@ -20,6 +20,11 @@ and `torch.multinomial`'s exponential draw over the whole vocabulary, ~8 ms a to
 log-probability under the distribution it was drawn from, which GRPO needs when its rollouts come
 from a lower-precision copy (train/grpo.py). Greedy decoding equals `generate` token for token
 (tests/models/test_generate.py); stop strings (plain-text few-shot) go through `generate`.
+
+Two things `generate` does not do, both for GRPO's rollouts (G samples of each prompt in one batch):
+identical prompts are prefilled once and their KV cache rows copied (`_unique_rows`), and the KV cache
+is written into tensors allocated once for the whole decode (`_SlabLayer`) instead of growing by a
+`torch.cat` of the whole cache per layer and token.
 """
 from __future__ import annotations
 
@@ -81,16 +86,83 @@ def _draw(logits: Any, temperature: float, top_p: float) -> tuple[Any, Any]:
 
     if temperature <= 0:
         return logits.argmax(-1), logits.new_zeros(logits.shape[0], dtype=torch.float32)
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float() / temperature if temperature != 1.0 else logits.float()
     if top_p < 1.0:
+        logp = torch.log_softmax(logits, dim=-1)
         sorted_logp, order = logp.sort(dim=-1, descending=True)
         mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
         drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
-        logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
-    cdf = logp.exp().cumsum(-1)
+        probs = torch.softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+    else:
+        probs = torch.softmax(logits, dim=-1)
+    cdf = probs.cumsum(-1)
     u = cdf[:, -1:] * (1.0 - torch.rand(cdf.shape[0], 1, device=cdf.device))  # in (0, total]: never a 0-mass token
     token = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).squeeze(1)
-    return token, logp.gather(1, token[:, None]).squeeze(1)
+    return token, probs.gather(1, token[:, None]).squeeze(1).log()
+
+
+def _slab_layer():
+    """transformers' DynamicLayer, written in place into a [B, H, capacity, D] tensor allocated at its first
+    update (`capacity` = prompt width + max_new_tokens), handing the model views of the filled part. The
+    plain layer concatenates the whole cache with the new token at every step of every layer, a copy of
+    the cache per token that grows with the length: SmolLM2 bf16, 8 rows, 400 new tokens: 52.5 ms a token
+    instead of 59 (measured; no difference to see at 64)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlabLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            super().lazy_initialization(key_states, value_states)
+            b, h, _, d = key_states.shape
+            self.slab_k = key_states.new_empty(b, h, self.capacity, d)
+            self.slab_v = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > self.capacity:
+                raise RuntimeError(f"KV cache of {self.capacity} positions is full ({end} asked)")
+            self.slab_k[:, :, self.length:end] = key_states
+            self.slab_v[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.slab_k[:, :, :end], self.slab_v[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: Any) -> None:
+            if self.is_initialized:
+                self.slab_k, self.slab_v = self.slab_k[indices], self.slab_v[indices]
+                self.keys, self.values = self.slab_k[:, :, :self.length], self.slab_v[:, :, :self.length]
+
+    return SlabLayer
+
+
+def _new_cache(capacity: int) -> Any:
+    """A DynamicCache whose layers are `_slab_layer()`s of `capacity` positions."""
+    from transformers import DynamicCache
+
+    layer = _slab_layer()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = lambda: layer(capacity)
+    return cache
+
+
+def _unique_rows(ids: Any, mask: Any) -> tuple[Any, Any] | None:
+    """(indices of the distinct rows, each row's distinct row) when some rows repeat (GRPO's G samples of a
+    prompt), else None. The distinct rows are prefilled once and their cache copied to the repeats
+    instead of running the same prompt positions through the model G times."""
+    import torch
+
+    rows = torch.cat([ids, mask], dim=1)
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if uniq.shape[0] == rows.shape[0]:
+        return None
+    first = torch.full((uniq.shape[0],), rows.shape[0], dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(rows.shape[0], device=ids.device), reduce="amin")
+    return first, inverse
 
 
 def _next_logits(model: Any, cache: dict[str, Any], **inputs: Any) -> Any:
@@ -114,17 +186,24 @@ def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature:
     `on_token(tokens [B])` sees each step's tokens as they are drawn (the server streams them); it returns
     True to stop there (a cancelled request)."""
     import torch
-    from transformers import DynamicCache
 
     B, W = ids.shape
     mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     positions = (mask[:, :W].cumsum(1) - 1).clamp_(min=0)
-    cache = {_cache_keyword(model) or "past_key_values": DynamicCache()}
+    kv = _new_cache(W + max_new_tokens)
+    cache = {_cache_keyword(model) or "past_key_values": kv}
     stops = torch.tensor(stop_ids, device=ids.device)
     running = torch.ones(B, dtype=torch.bool, device=ids.device)
     tokens, logps = [], []
     with torch.no_grad():
-        logits = _next_logits(model, cache, input_ids=ids, attention_mask=mask[:, :W], position_ids=positions)
+        repeats = _unique_rows(ids, mask[:, :W])
+        if repeats is None:
+            logits = _next_logits(model, cache, input_ids=ids, attention_mask=mask[:, :W], position_ids=positions)
+        else:  # each distinct prompt once, then its logits and cache rows to every row that repeats it
+            first, inverse = repeats
+            logits = _next_logits(model, cache, input_ids=ids[first], attention_mask=mask[first, :W],
+                                  position_ids=positions[first])[inverse]
+            kv.batch_select_indices(inverse)
         position = positions[:, -1:]
         for t in range(max_new_tokens):
             token, logp = _draw(logits, temperature, top_p)

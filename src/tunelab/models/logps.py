@@ -13,6 +13,13 @@ The result is flat: one value per scored position in row-major order, with the b
 packed one). Per-sequence sums are `per_row(values, seqs, n)`. It equals
 `log_softmax(model(...).logits.float() / temperature)` gathered at the next tokens (tests check values
 and gradients, padded and packed).
+
+`completion_logps` scores completions that continue shared prompts (GRPO's G samples of a prompt): each
+distinct prompt goes through the decoder once, its key/value cache is copied to the rows that continue
+it (a differentiable index: the backward sums the rows' gradients into the prompt), and only the
+completion positions run per row. The same log-probabilities and gradients as one forward over every
+prompt + completion row (to rounding; tests), with the prompt's work done once instead of G times: in
+the GRPO benchmark (prompts of 74-90 tokens, 64-token completions, G = 4) 44% fewer positions.
 """
 from __future__ import annotations
 
@@ -107,3 +114,70 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
         chunk = chunk_size or chunk_rows(model)
         logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk, temperature, entropy)
     return TokenLogps(logps=logps, rows=rows, seqs=seqs, n_seqs=n_seqs, entropy=ent)
+
+
+def _shares_prompts(model: torch.nn.Module) -> bool:
+    """Whether `completion_logps` can run the prompts once: a cache keyword in the forward (as generation
+    needs), a plain projection head, and no gradient checkpointing (transformers' checkpointed layers drop
+    the cache in training)."""
+    from .generate import _cache_keyword
+
+    base = _base(model)
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return False
+    if any(getattr(m, "gradient_checkpointing", False) for m in base.modules()):
+        return False
+    return _cache_keyword(model) is not None
+
+
+def completion_logps(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: torch.Tensor,
+                     completion_ids: torch.Tensor, completion_mask: torch.Tensor, *, chunk_size: int | None = None,
+                     entropy: bool = False, temperature: float = 1.0, share: bool = True) -> TokenLogps:
+    """Log-probabilities of completion tokens [B, C] (right-padded, `completion_mask`) where row b continues
+    prompt `group[b]` of the distinct prompts [U, W] (right-padded, `prompt_mask`); one value per real
+    completion token, row-major, as `token_logps` gives for the rows prompt + completion. `share` (and
+    `_shares_prompts`): each prompt runs once (module docstring); else one forward over the full rows.
+    Prompts are right-padded so that no query attends to nothing (a left pad would: its softmax over no
+    key is not a number, and its backward would spread that into the weights' gradients)."""
+    from transformers import DynamicCache
+
+    from .generate import _cache_keyword
+
+    keep = completion_mask.bool()
+    targets = completion_ids[keep]
+    rows = keep.nonzero()[:, 0]
+    B, C = completion_ids.shape
+    U, W = prompt_ids.shape
+    lengths = prompt_mask.sum(1)
+    if not (share and _shares_prompts(model)):  # the rows prompt + completion, right-padded: token_logps
+        from ..data.render import IGNORE_INDEX
+
+        width = int((lengths[group] + completion_mask.sum(1)).max())
+        ids = completion_ids.new_zeros(B, width)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        mask = torch.zeros_like(ids)
+        for b in range(B):
+            p, c = int(lengths[group[b]]), int(completion_mask[b].sum())
+            ids[b, :p], ids[b, p:p + c] = prompt_ids[group[b], :p], completion_ids[b, :c]
+            labels[b, p:p + c] = completion_ids[b, :c]
+            mask[b, :p + c] = 1
+        return token_logps(model, ids, labels, mask, chunk_size=chunk_size, entropy=entropy,
+                           temperature=temperature)
+    base = _base(model)
+    decoder = base.get_decoder()
+    cache = DynamicCache()
+    kw = {_cache_keyword(model): cache}
+    steps = torch.arange(max(W, C), device=prompt_ids.device)
+    hp = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=steps[:W].expand(U, W),
+                 use_cache=True, **kw).last_hidden_state
+    cache.batch_select_indices(group)  # each row's copy of its prompt's keys and values (indexing: differentiable)
+    hc = decoder(input_ids=completion_ids, attention_mask=torch.cat([prompt_mask[group], completion_mask], 1),
+                 position_ids=lengths[group][:, None] + steps[:C], use_cache=True, **kw).last_hidden_state
+    # completion token j is predicted from the hidden state before it: the prompt's last, then completion j-1
+    last = hp[torch.arange(U, device=hp.device), lengths - 1]
+    hidden = torch.cat([last[group][:, None], hc[:, :-1]], 1)[keep]
+    del cache, hp, hc
+    logps, ent = chunked_logps(base.get_output_embeddings(), hidden, targets, chunk_size or chunk_rows(model),
+                               temperature, entropy)
+    return TokenLogps(logps=logps, rows=rows, seqs=rows, n_seqs=B, entropy=ent)

@@ -8,10 +8,11 @@ completions of every prompt of the step (all its micro-batches together, `genera
 completions per generation batch) with the one batched generation engine evaluation uses (models/generate.py
 `Generator`, the same prompts as `tunelab eval` renders, the same stop tokens), scores them with the
 reward functions (train/rewards.py; `correct` is the evaluation grader), and turns the rewards into
-group-normalised advantages (train/grpo_math.py). The batch is prompt + completion rows whose labels
-supervise the completion tokens only, with one advantage per row. The loss module scores the
-completion tokens (models/logps.py, at the sampling temperature) and applies the clipped surrogate
-and optional KL to the reference (grpo_math.py, equal to TRL 1.16's on the same tensors).
+group-normalised advantages (train/grpo_math.py). A batch holds the distinct prompts of its rows once
+and each row's completion, with one advantage per row. The loss module scores the completion tokens
+(models/logps.py `completion_logps`, at the sampling temperature: each prompt through the decoder once,
+its cache copied to its G rows, not G forwards over the same prompt as TRL runs) and applies the
+clipped surrogate and optional KL to the reference (grpo_math.py, equal to TRL 1.16's on the same tensors).
 
 On-policy, one optimisation pass per generation (TRL's default `num_iterations=1`): the old policy
 is the current one, so the ratio is 1 with its gradient, and the clipped fraction is 0 by construction.
@@ -127,31 +128,39 @@ class GRPO(Objective):
             k = sum(len(u) for u in units) * self.G
             batch = self._batch(seqs[start:start + k], advantages[start:start + k])
             if self.rollout_dtype != "model" and self.rollout_is_cap:
-                batch["rollout_logps"] = self._rollout_logps(batch["labels"], [r[3] for r in done[start:start + k]])
+                batch["rollout_logps"] = self._rollout_logps(batch["completion_mask"],
+                                                             [r[3] for r in done[start:start + k]])
             batches.append(batch)
             start += k
         return batches
 
     def _batch(self, seqs: list[tuple[list[int], list[int]]], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Right-padded prompt + completion rows whose labels supervise the completion only."""
-        from ..data.batching import collate_padded
-        from ..data.render import IGNORE_INDEX
+        """The distinct prompts [U, W] and the completions [B, C], each right-padded with its mask, and the
+        prompt each row continues (`group`): models/logps.py `completion_logps`'s layout."""
+        distinct: dict[tuple[int, ...], int] = {}
+        group = [distinct.setdefault(tuple(p), len(distinct)) for p, _ in seqs]
+        prompts, comps = list(distinct), [c for _, c in seqs]
 
-        rows = [{"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c} for p, c in seqs]
-        return {**collate_padded(rows, self.pad_id), "advantages": advantages}
+        def padded(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+            width = max(len(r) for r in rows)
+            return (torch.tensor([list(r) + [self.pad_id] * (width - len(r)) for r in rows]),
+                    torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
+
+        prompt_ids, prompt_mask = padded(prompts)
+        completion_ids, completion_mask = padded(comps)
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "group": torch.tensor(group),
+                "completion_ids": completion_ids, "completion_mask": completion_mask, "advantages": advantages}
 
     @staticmethod
-    def _rollout_logps(labels: torch.Tensor, logps: list[list[float]]) -> torch.Tensor:
-        """The sampler's log-probability of each completion token, at the token's label position (0 elsewhere)."""
-        from ..data.render import IGNORE_INDEX
-
-        out = torch.zeros(labels.shape, dtype=torch.float32)
+    def _rollout_logps(completion_mask: torch.Tensor, logps: list[list[float]]) -> torch.Tensor:
+        """The sampler's log-probability of each completion token [B, C] (0 at padding)."""
+        out = torch.zeros(completion_mask.shape, dtype=torch.float32)
         for row, values in enumerate(logps):
-            where = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
-            if len(values) != len(where):
-                raise RuntimeError(f"rollout row {row}: {len(values)} sampling log-probabilities for {len(where)} "
+            n = int(completion_mask[row].sum())
+            if len(values) != n:
+                raise RuntimeError(f"rollout row {row}: {len(values)} sampling log-probabilities for {n} "
                                    "completion tokens")
-            out[row, where] = torch.tensor(values, dtype=torch.float32)
+            out[row, :n] = torch.tensor(values, dtype=torch.float32)
         return out
 
     def _write_samples(self, rows: dict[str, list], texts: list[str], total: list[float],
@@ -169,12 +178,11 @@ class GRPO(Objective):
 
     def count(self, batch: dict[str, torch.Tensor]) -> tuple[int, ...]:
         """(loss normaliser, input tokens, completion tokens): the normaliser by loss_type."""
-        from ..data.batching import supervised_mask
-
-        n = batch["input_ids"].shape[0]
-        tokens = int(supervised_mask(batch["labels"]).sum())
+        n = batch["completion_ids"].shape[0]
+        tokens = int(batch["completion_mask"].sum())
         norm = {"grpo": n, "bnpo": tokens, "dapo": tokens, "dr_grpo": n * self.max_new_tokens}[self.loss_type]
-        return norm, int(batch["attention_mask"].sum()), tokens
+        # input tokens as the rows prompt + completion count them (throughput is comparable with TRL's)
+        return norm, int(batch["prompt_mask"].sum(1)[batch["group"]].sum()) + tokens, tokens
 
     def metrics(self, split: str, accelerator: Any) -> dict[str, float]:
         keys = COMPLETION_STATS + tuple(f"rewards/{n}" for n in self.rewards.names)
@@ -197,33 +205,34 @@ class GRPOLoss(LossModule):
         super().__init__(model)
         self.objective = objective
 
-    def _reference(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from ..models.logps import token_logps
+    def _reference(self, **rows: torch.Tensor) -> torch.Tensor:
+        from ..models.logps import completion_logps
 
         o = self.objective
         with torch.no_grad():
             if o.ref_model is not None:
-                return token_logps(o.ref_model, input_ids, labels, attention_mask, temperature=o.temperature).logps
+                return completion_logps(o.ref_model, **rows, temperature=o.temperature).logps
             with self.model.disable_adapter():
-                return token_logps(self.model, input_ids, labels, attention_mask, temperature=o.temperature).logps
+                return completion_logps(self.model, **rows, temperature=o.temperature).logps
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-                advantages: torch.Tensor, rollout_logps: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..models.logps import token_logps
-        from ..data.batching import supervised_mask
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: torch.Tensor,
+                completion_ids: torch.Tensor, completion_mask: torch.Tensor, advantages: torch.Tensor,
+                rollout_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.logps import completion_logps
         from .grpo_math import grpo_sum_and_count, grpo_token_loss, truncated_is
 
         o = self.objective
-        n = input_ids.shape[0]
-        t = token_logps(self.model, input_ids, labels, attention_mask, entropy=True, temperature=o.temperature)
-        ref = self._reference(input_ids, labels, attention_mask) if o.kl_coef > 0 else None
+        n = completion_ids.shape[0]
+        rows = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, group=group, completion_ids=completion_ids,
+                    completion_mask=completion_mask)
+        t = completion_logps(self.model, **rows, entropy=True, temperature=o.temperature)
+        ref = self._reference(**rows) if o.kl_coef > 0 else None
         per_token, stats = grpo_token_loss(t.logps, t.logps.detach(), advantages.to(t.logps)[t.rows],
                                            epsilon_low=o.epsilon, epsilon_high=o.epsilon_high, ref_logps=ref,
                                            kl_coef=o.kl_coef)
         extra = {}
         if rollout_logps is not None:  # truncated importance sampling: the rollouts came from another precision
-            per_token, extra = truncated_is(per_token, t.logps.detach(), rollout_logps[:, 1:][supervised_mask(labels)],
+            per_token, extra = truncated_is(per_token, t.logps.detach(), rollout_logps[completion_mask.bool()],
                                             o.rollout_is_cap)
         loss, norm = grpo_sum_and_count(per_token, t.seqs, n, o.loss_type, o.max_new_tokens)
         with torch.no_grad():
