@@ -208,16 +208,24 @@ def test_run_directory_template_mismatch_warns(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smollm2_on_gsm8k_and_math500(tmp_path):
+    """The real model on the real test sets through the CLI: every stored verdict is the grader's verdict
+    on the stored prediction and gold, the accuracy is their mean, and the prompt is the data's question
+    in the model's chat template."""
+    from tunelab.data.grading import grade
+
     for task in ("gsm8k", "math500"):
         out = tmp_path / task
-        res = subprocess.run([sys.executable, "-m", "tunelab", "eval", "--model", "smollm2-135m-instruct", "--task",
-                              task, "--limit", "4", "--max-new-tokens", "64", "--output", str(out)],
-                             capture_output=True, text=True, cwd=REPO)
-        assert res.returncode == 0, res.stderr[-2000:]
+        assert main(["eval", "--model", "smollm2-135m-instruct", "--task", task, "--limit", "3",
+                     "--max-new-tokens", "48", "--output", str(out)]) == 0
         results = json.loads((out / "results.json").read_text())
-        assert results["n"] == 4 and results["model"] == "smollm2-135m-instruct"
-        assert "accuracy" in results and (task != "math500" or "by_subject" in results)
-        assert (task != "gsm8k") or "strict_accuracy" in results
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        assert results["n"] == len(rows) == 3 and results["model"] == "smollm2-135m-instruct"
+        for r in rows:
+            assert r["prompt"].startswith("<|im_start|>") and r["prompt"].endswith("<|im_start|>assistant\n")
+            assert 0 < r["tokens"] <= 48 and r["gold"].strip()
+            assert r["correct"] == grade(r["prediction"], r["gold"]).correct
+        assert results["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 3)
+        assert (task != "math500" or "by_subject" in results) and (task != "gsm8k" or "strict_accuracy" in results)
 
 
 def test_eval_output_of_another_model_is_not_continued(tmp_path, capsys):

@@ -237,3 +237,29 @@ def test_huge_inputs_are_fast(text):
     grade(text, "C", compare="choice")
     gsm8k_verdicts(text, "5")
     assert time.perf_counter() - start < 10.0
+
+
+PLAIN = [("17", "18"), ("-3", "3"), ("0.5", "2/3"), ("1000000", "1000001"), ("2.5", "\\frac{5}{2}"),
+         ("0.333333", "1/3"), ("0.3333", "1/3"), ("18.0000001", "18"), ("7", "7.00004"), ("12", "12%")]
+
+
+@pytest.mark.parametrize("pred,gold", PLAIN)
+def test_plain_numbers_get_math_verifys_verdict_and_skip_it_when_plainly_apart(pred, gold, monkeypatch):
+    """Plain numbers further apart than 1e-4 of their size are answered without math-verify, and every
+    verdict here is math-verify's own (0.333333 = 1/3 by its 6-decimal rounding; 0.3333 is not)."""
+    from tunelab.data import grading as G
+
+    expected = G._verify(pred, gold) or bool(G._numbers(pred) & G._numbers(gold))
+    calls = []
+    real = G._verify
+    monkeypatch.setattr(G, "_verify", lambda p, g: calls.append((p, g)) or real(p, g))
+    assert G.math_equal(pred, gold) == expected
+    apart = G._plainly_apart(G._numbers(pred), G._numbers(gold)) and "%" not in pred + gold
+    assert (not calls) == (apart or bool(G._numbers(pred) & G._numbers(gold)))
+
+
+def test_which_plain_numbers_are_plainly_apart():
+    from tunelab.data import grading as G
+
+    # 1000000 / 1000001: within 1e-4 of their size, left to math-verify (which says no)
+    assert [p for p, g in PLAIN if G._plainly_apart(G._numbers(p), G._numbers(g))] == ["17", "-3", "0.5"]

@@ -86,7 +86,7 @@ def test_dpo_cached_reference_equals_adapters_off(tmp_path, pairs):
         assert abs(x["loss"] - y["loss"]) < 1e-5 and abs(x["rewards/margins"] - y["rewards/margins"]) < 1e-5
 
 
-def test_dpo_full_resume_is_exact_and_reuses_the_cached_reference(tmp_path, pairs, tunelab_home):
+def test_dpo_full_resume_is_exact_and_reuses_the_cached_reference(tmp_path, pairs, tunelab_home, monkeypatch):
     over = ["method.name=full", "optimizer.lr=1e-3", "training.max_steps=4", "training.save_every=2",
             "data.max_length=120"]  # a data setting of this test alone: its own prepared data and reference
     before = set((tunelab_home / "prepared").glob("*/reference-*.json"))  # other tests' caches
@@ -110,6 +110,13 @@ def test_dpo_full_resume_is_exact_and_reuses_the_cached_reference(tmp_path, pair
     assert_same_weights(tmp_path / "part", tmp_path / "whole", 0.0)
     # read back, not recomputed (a resumed policy would give other values); one file per data + model
     assert sorted(set((tunelab_home / "prepared").glob("*/reference-*.json")) - before) == caches
+    assert caches[0].stat().st_mtime_ns == stamp
+    # values another version of the code computed are not read: a new file, the old one left as it was
+    from tunelab.train import dpo as D
+
+    monkeypatch.setattr(D, "_code_version", lambda: "another tunelab")
+    train(dpo(tmp_path, pairs, "newer", *over, "training.max_steps=1"))
+    assert len(set((tunelab_home / "prepared").glob("*/reference-*.json")) - before) == 2
     assert caches[0].stat().st_mtime_ns == stamp
 
 

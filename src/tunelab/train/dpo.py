@@ -156,21 +156,34 @@ class PreferenceLoss(LossModule):
         return loss_sum, torch.tensor(pairs, device=loss_sum.device)
 
 
+def _code_version() -> str:
+    """What the reference values depend on besides data, model and precision: the source of the modules
+    that compute them (models/logps.py, models/loss.py) and the torch and transformers versions."""
+    import transformers
+
+    from ..data.clean import content_key
+    from ..models import logps, loss
+
+    return content_key([Path(logps.__file__).read_text(), Path(loss.__file__).read_text(), torch.__version__,
+                        transformers.__version__])
+
+
 def with_reference_logps(model: torch.nn.Module, objective: Preference, prepared: Any, train_ds: Any, val_ds: Any, *,
                          model_id: str, accelerator: Any, batch_size: int) -> tuple[Any, Any]:
     """Both splits with columns `ref_chosen_logps` and `ref_rejected_logps`: every pair's summed reply
     log-probabilities under `model` as loaded (before any update, before a checkpoint is restored).
 
     Computed once and stored beside the prepared data (`reference-<key>.json` in its cache directory),
-    under a key of the data's fingerprint, the model's identity and the precision, so a resumed run,
-    a second variant or another process reads them back and a different model never does."""
+    under a key of the data's fingerprint, the model's identity, the precision and the code that computes
+    them (`_code_version`), so a resumed run, a second variant or another process reads them back and a
+    different model, or values an older tunelab, torch or transformers computed, never are."""
     import json
 
     from ..data.clean import content_key
     from ..models.logps import per_row, token_logps
 
     key = content_key([prepared.stats.get("data_fingerprint"), model_id, accelerator.mixed_precision,
-                       str(next(model.parameters()).dtype)])[:16]
+                       str(next(model.parameters()).dtype), _code_version()])[:16]
     path = Path(prepared.path) / f"reference-{key}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
