@@ -128,3 +128,32 @@ def test_completion_logps_with_shared_prompts_equal_full_rows(recompute):
     assert g_shared.keys() == g_full.keys() and len(g_full) == len(list(model.parameters()))
     for name in g_full:
         assert torch.allclose(g_shared[name], g_full[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_completion_logps_run_full_rows_under_gradient_checkpointing():
+    """transformers' checkpointed layers drop the key/value cache in training, so with checkpointing the
+    prompts cannot be shared: the full rows run (one decoder call), with the same values."""
+    from tunelab.models.load import load_model
+    from tunelab.models.logps import _shares_prompts
+
+    model = load_model("tiny-qwen3").train()
+    assert _shares_prompts(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not _shares_prompts(model)
+    g = torch.Generator().manual_seed(1)
+    prompt_ids = torch.randint(3, 1000, (2, 6), generator=g)
+    prompt_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    completion_ids = torch.randint(3, 1000, (4, 5), generator=g)
+    completion_mask = torch.tensor([[1] * 3 + [0] * 2] + [[1] * 5] * 3)
+    group = torch.tensor([0, 0, 1, 1])
+    seen = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda m, a, k: seen.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    try:
+        out = completion_logps(model, prompt_ids, prompt_mask, group, completion_ids, completion_mask)
+    finally:
+        hook.remove()
+    assert seen == [(4, 11)]
+    model.gradient_checkpointing_disable()
+    ref = completion_logps(model, prompt_ids, prompt_mask, group, completion_ids, completion_mask)
+    assert torch.allclose(out.logps, ref.logps, atol=1e-5) and out.logps.shape == (18,)
