@@ -16,6 +16,10 @@ process's VmHWM, as `tunelab train` reports it), read at the end of the last tim
                 forward pass during training, for LoRA too) and gradient checkpointing off. TRL 1.16's
                 `padding_free` is "temporarily unavailable" (it warns and falls back to padding), so it
                 is not used; liger-kernel is not installed.
+  And under bf16 autocast on both sides (their step-2 losses are not compared with the fp32 runners'):
+  tunelab_amp   tunelab with `training.precision: bf16`.
+  trl_bf16      trl_best with `bf16=True` (TRL's fastest on this AMX CPU).
+  The verdicts: each tunelab runner against each TRL runner, and the fastest of each side.
 Identical inputs: the same pairs (`arith_pairs` when that built-in set is installed, else pairs built
 from GSM8K train: chosen = the problem's reference solution, rejected = the reference solution of the
 next problem, i.e. a fluent but wrong answer), rendered by tunelab's renderer (the tokenizer's chat
@@ -72,6 +76,8 @@ GRPO_RUNNERS = ("tunelab", "tunelab_bf16", "tunelab_amp", "trl_default", "trl_be
 METHODS = ("lora", "full")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 GSM8K = harness.REPO.parent / "shared" / "data" / "gsm8k_train.jsonl"
+BF16 = ("tunelab_amp", "trl_bf16")  # runners under bf16 autocast
+DPO_RUNNERS = ("tunelab", "tunelab_amp", "trl_default", "trl_best", "trl_bf16")  # RUNNERS: the fp32 loss check
 LOSS_TOL = 1e-4  # relative difference allowed between a runner's DPO loss and tunelab's (fp32)
 STEP2_TOL = 2e-2  # after one AdamW update, different kernels (fused head, padding) drift a little
 DEFAULTS = dict(model="smollm2-135m-instruct", parts="dpo,grpo", methods="lora,full", grpo_methods="lora",
@@ -89,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default=None, help="dpo,grpo (default both)")
     p.add_argument("--methods", default=None, help="DPO methods (default lora,full)")
     p.add_argument("--grpo-methods", default=None, help="GRPO methods (default lora)")
+    p.add_argument("--dpo-runners", default=",".join(DPO_RUNNERS),
+                   help="DPO runners, tunelab first (default: all, %(default)s)")
     p.add_argument("--grpo-runners", default=",".join(GRPO_RUNNERS),
                    help="GRPO runners, the first the base of the tok/s ratio (default: all, %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="timed optimizer steps, after 1 warm-up step (default 2)")
@@ -109,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     harness.fill_defaults(a, TINY if a.tiny else DEFAULTS)
     for key, known in (("parts", ("dpo", "grpo")), ("methods", METHODS), ("grpo_methods", METHODS),
-                       ("grpo_runners", GRPO_RUNNERS)):
+                       ("grpo_runners", GRPO_RUNNERS), ("dpo_runners", DPO_RUNNERS)):
         got = [x for x in getattr(a, key).split(",") if x]
         if not got or any(x not in known for x in got):
             p.error(f"--{key.replace('_', '-')}: {got}; known: {', '.join(known)}")
@@ -138,6 +146,8 @@ def dpo_config(s: dict[str, Any], method: str, run_dir: str | Path) -> Any:
     from tunelab import config as C
 
     d = common_config(s, method, run_dir, s["dpo_batch"], s["dpo_accum"])
+    if s.get("runner") == "tunelab_amp":
+        d["training"]["precision"] = "bf16"
     return C.from_dict({**d, "stage": "dpo", "objective": {"loss": "sigmoid", "beta": s["beta"]},
                         "data": {"name": s["pairs_file"], "dedup": "none", "val_size": 0, "max_length": s["max_length"]}})
 
@@ -326,8 +336,9 @@ def trl_dpo_trainer(s: dict[str, Any], out: str) -> tuple[Any, list[list[int]]]:
     no_dataset_hashing()
     tok, model, lora = trl_model(s)
     kw = trl_shared(s, out, s["dpo_batch"], s["dpo_accum"])
-    if s["runner"] == "trl_best":
+    if s["runner"] in ("trl_best", "trl_bf16"):
         kw.update(precompute_ref_log_probs=True, gradient_checkpointing=False)
+    kw["bf16"] = s["runner"] == "trl_bf16"
     args = DPOConfig(**kw, beta=s["beta"], max_length=s["max_length"])
     pairs = json.loads(Path(s["pairs_text"]).read_text())
     ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
@@ -611,49 +622,63 @@ def run_dpo(a: argparse.Namespace, base: dict[str, Any], work: Path) -> dict[str
         return (f"{pairs_timed / res['seconds']:7.3f} pairs/s {tokens_timed / res['seconds']:8.1f} tok/s "
                 f"{res['peak_mb']:8.1f} MB ({res['seconds']:.1f} s timed, {res['process_wall_s']:.0f} s process)")
 
-    runs = timed_runs(spec, a.methods, a.repeats, report)
+    runners = tuple(a.dpo_runners)
+    if runners[0] != "tunelab":
+        raise SystemExit("--dpo-runners: tunelab first (the base of the ratios and of the step-2 check)")
+    runs = timed_runs(spec, a.methods, a.repeats, report, runners)
     rows, step2 = [], []
+    ours = [r for r in runners if r.startswith("tunelab")]  # each tunelab runner is a base of ratios
     for m in a.methods:
-        base_row = None
         ref2 = runs[("tunelab", m)][0]
-        for r in RUNNERS:
+        for r in runners:
             rs = runs[(r, m)]
             sec = statistics.median(x["seconds"] for x in rs)
             row = {"runner": r, "method": m, "pairs/s": round(pairs_timed / sec, 4), "tok/s": round(tokens_timed / sec, 2),
                    "s/step": round(sec / a.steps, 2), "peak MB": statistics.median(x["peak_mb"] for x in rs),
                    "same pairs": all(x["micro_seen"][: len(spec["micro"])] == spec["micro"] for x in rs)}
-            base_row = base_row or row
-            row["speed tunelab/x"] = harness.ratio(base_row["pairs/s"], row["pairs/s"])
-            row["memory tunelab/x"] = harness.ratio(base_row["peak MB"], row["peak MB"])
             rows.append(row)
             x = rs[0]
             ok = all(abs(v - w) <= STEP2_TOL * max(abs(w), 1e-3) for v, w in
                      ((x["step_losses"][1], ref2["step_losses"][1]), (x["step_margins"][1], ref2["step_margins"][1]))) \
-                if a.steps >= 1 else None
+                if a.steps >= 1 and r not in BF16 else None  # bf16 autocast: not the fp32 trajectory
             step2.append({"runner": r, "method": m, "step 1 loss": round(x["step_losses"][0], 6),
                           "step 2 loss": round(x["step_losses"][1], 6), "step 2 margin": round(x["step_margins"][1], 6),
                           "tunelab step 2 loss": round(ref2["step_losses"][1], 6),
-                          "tunelab step 2 margin": round(ref2["step_margins"][1], 6), "OK": "yes" if ok else "NO"})
+                          "tunelab step 2 margin": round(ref2["step_margins"][1], 6),
+                          "OK": "yes" if ok else "n/a (bf16)" if r in BF16 else "NO"})
     print(f"\n## DPO after one identical update (step 2 loss and reward margin; OK: within {STEP2_TOL:g} relative)\n")
     print(harness.table([{k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()} for r in step2],
                         ["runner", "method", "step 1 loss", "step 2 loss", "tunelab step 2 loss", "step 2 margin",
                          "tunelab step 2 margin", "OK"]))
-    print(f"\n## DPO throughput (median of {a.repeats}), peak memory = VmHWM of the child process\n")
-    print(harness.table(rows, ["runner", "method", "pairs/s", "tok/s", "s/step", "peak MB", "speed tunelab/x",
-                               "memory tunelab/x", "same pairs"]))
-    label, need_speed, need_mem = TARGETS["dpo"]
-    verdicts = []
     for row in rows:
-        if row["runner"] != "tunelab":
-            sp, mem = row["speed tunelab/x"], row["memory tunelab/x"]
-            met = bool(sp and sp >= need_speed and mem is not None and mem <= need_mem)
-            verdicts.append(f"dpo {row['method']} vs {row['runner']}: {label}: speed {sp}x, memory {mem}x -> "
-                            f"{'met' if met else 'NOT met'}")
+        for t in ours:
+            base = next(x for x in rows if x["runner"] == t and x["method"] == row["method"])
+            row[f"speed {t}/x"] = harness.ratio(base["pairs/s"], row["pairs/s"])
+            row[f"memory {t}/x"] = harness.ratio(base["peak MB"], row["peak MB"])
+    print(f"\n## DPO throughput (median of {a.repeats}), peak memory = VmHWM of the child process\n")
+    print(harness.table(rows, ["runner", "method", "pairs/s", "tok/s", "s/step", "peak MB"]
+                        + [f"{k} {t}/x" for t in ours for k in ("speed", "memory")] + ["same pairs"]))
+    label, need_speed, need_mem = TARGETS["dpo"]
+
+    def verdict(m: str, t: str, row: dict[str, Any], prefix: str = "") -> str:
+        sp, mem = row[f"speed {t}/x"], row[f"memory {t}/x"]
+        met = bool(sp and sp >= need_speed and mem is not None and mem <= need_mem)
+        return (f"dpo {m} {prefix or t + ' vs ' + row['runner']}: {label}: speed {sp}x, memory {mem}x -> "
+                f"{'met' if met else 'NOT met'}")
+
+    verdicts = [verdict(r["method"], t, r) for t in ours for r in rows if r["runner"].startswith("trl")]
+    if len(ours) > 1 or len([r for r in runners if r.startswith("trl")]) > 1:
+        for m in a.methods:  # each side's fastest configuration
+            mine = [r for r in rows if r["method"] == m]
+            best = {side: max((r for r in mine if r["runner"].startswith(side)), key=lambda r: r["pairs/s"])
+                    for side in ("tunelab", "trl")}
+            verdicts.append(verdict(m, best["tunelab"]["runner"], best["trl"],
+                                    f"fastest tunelab ({best['tunelab']['runner']}) vs fastest TRL ({best['trl']['runner']})"))
     return {"settings": {k: v for k, v in spec.items() if k not in ("run", "mode")} | {
                 "methods": a.methods, "pairs": len(records), "timed_pairs": pairs_timed, "timed_tokens": tokens_timed,
                 "micro_batch_tokens": row_tokens},
             "loss_check": check_rows, "loss_check_passed": all(r["OK"] == "yes" for r in check_rows),
-            "step2_check": step2, "step2_check_passed": all(r["OK"] == "yes" for r in step2),
+            "step2_check": step2, "step2_check_passed": all(r["OK"] in ("yes", "n/a (bf16)") for r in step2),
             "results": rows, "targets": verdicts, "runs": {f"{r}/{m}": v for (r, m), v in runs.items()}}
 
 

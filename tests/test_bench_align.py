@@ -25,7 +25,7 @@ def result(tmp_path_factory):
     shared_data("gsm8k_train.jsonl")
     out = tmp_path_factory.mktemp("align")
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "align.py"), "--tiny", "--out", str(out),
-                           "--grpo-runners", ",".join(GRPO_RUNNERS)], capture_output=True, text=True, cwd=REPO, timeout=1500)
+                           "--dpo-runners", ",".join(RUNNERS), "--grpo-runners", ",".join(GRPO_RUNNERS)], capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     return json.loads((out / "align_cpu.json").read_text())
 
@@ -65,7 +65,9 @@ def test_align_bench_dpo_tiny(result):
         assert r["speed tunelab/x"] == pytest.approx(base["pairs/s"] / r["pairs/s"], rel=2e-3)
         assert r["memory tunelab/x"] == pytest.approx(base["peak MB"] / r["peak MB"], rel=2e-3)
     assert s["timed_pairs"] == s["steps"] * s["dpo_batch"] * s["dpo_accum"]
-    assert sum(1 for t in dpo["targets"] if "pairs/s >= 1.5x and peak memory <= 0.8x" in t) == 2 * len(methods)
+    # tunelab vs each TRL runner, and the fastest of each side
+    assert sum(1 for t in dpo["targets"] if "pairs/s >= 1.5x and peak memory <= 0.8x" in t) == 3 * len(methods)
+    assert sum(1 for t in dpo["targets"] if "fastest tunelab (tunelab) vs fastest TRL" in t) == len(methods)
 
 
 @pytest.mark.slow
