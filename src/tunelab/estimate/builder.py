@@ -106,9 +106,9 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
 
 def _shares_prompts(model_config: Any, checkpointing: bool) -> bool:
     """models/logps.py `_shares_prompts` from the config alone: a plain head and no gradient checkpointing."""
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    return not checkpointing and not getattr(text, "final_logit_softcapping", None) \
-        and not getattr(text, "logit_scale", None)
+    from ..models.loss import plain_head
+
+    return not checkpointing and plain_head(model_config)
 
 
 def _scratch(cfg: Any, model_config: Any) -> tuple[Any, int | None]:

@@ -23,7 +23,7 @@ from a lower-precision copy (train/grpo.py). Greedy decoding equals `generate` t
 
 Two things `generate` does not do, both for GRPO's rollouts (G samples of each prompt in one batch):
 identical prompts are prefilled once and their KV cache rows copied (`_unique_rows`), and the KV cache
-is written into tensors allocated once for the whole decode (`_SlabLayer`) instead of growing by a
+is written into tensors allocated once for the whole decode (`_slab_layer`) instead of growing by a
 `torch.cat` of the whole cache per layer and token.
 """
 from __future__ import annotations
@@ -171,9 +171,10 @@ def _next_logits(model: Any, cache: dict[str, Any], **inputs: Any) -> Any:
     bfloat16 matmul on such a slice computes (and allocates) the head for every prompt position (8 x 90
     positions x 49k vocabulary: a 430 MB transient and 90x the work, measured with SmolLM2). Models whose
     head is not a plain projection (Gemma's soft-capping, Cohere's scale) use their own logits."""
+    from .loss import plain_head
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+    if not plain_head(base.config):
         return model(**inputs, **cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     hidden = base.get_decoder()(**inputs, **cache, use_cache=True).last_hidden_state
     return base.get_output_embeddings()(hidden[:, -1].contiguous())

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batching import supervised_mask
-from .loss import _base, _fusable, chunk_rows, fused_head, over_chunks
+from .loss import _base, _fusable, chunk_rows, fused_head, over_chunks, plain_head
 
 
 @dataclass
@@ -101,8 +101,7 @@ def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.T
     targets = labels[:, 1:][keep]
     rows = keep.nonzero()[:, 0]
     seqs, n_seqs = _seqs(keep, rows, position_ids)
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+    if not plain_head(base.config):
         # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own logits
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         logits = model(**{k: v for k, v in inputs.items() if v is not None}, use_cache=False).logits
@@ -123,8 +122,7 @@ def _shares_prompts(model: torch.nn.Module) -> bool:
     from .generate import _cache_keyword
 
     base = _base(model)
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+    if not plain_head(base.config):
         return False
     if any(getattr(m, "gradient_checkpointing", False) for m in base.modules()):
         return False

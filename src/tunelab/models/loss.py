@@ -33,6 +33,13 @@ def _base(model: torch.nn.Module) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def plain_head(config: Any) -> bool:
+    """Whether a model's logits are its output head applied to the last hidden state and nothing more:
+    not for Gemma 2/3's soft-capping or Cohere's logit scale, which use the model's own logits."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return not getattr(text, "final_logit_softcapping", None) and not getattr(text, "logit_scale", None)
+
+
 def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if _fusable(head, hidden):
         return fused_head(hidden, head.weight, targets, per_token=False)[0]
@@ -191,8 +198,7 @@ class CausalLMLoss(LossModule):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         base = _base(self.model)
-        cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        if not plain_head(base.config):
             # the head is not a plain projection for these models (Gemma 2/3, Cohere): use the model's own
             return reference_loss(self.model, {"input_ids": input_ids, "labels": labels,
                                                "attention_mask": attention_mask, "position_ids": position_ids})
