@@ -188,7 +188,10 @@ def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature:
     True to stop there (a cancelled request)."""
     import torch
 
+    from .decode_step import decode_step
+
     B, W = ids.shape
+    step = decode_step(model, W + max_new_tokens)  # None: the model's own forward makes each token
     mask = torch.cat([mask, mask.new_ones(B, max_new_tokens)], dim=1)
     positions = (mask[:, :W].cumsum(1) - 1).clamp_(min=0)
     kv = _new_cache(W + max_new_tokens)
@@ -216,8 +219,11 @@ def decode(model: Any, ids: Any, mask: Any, *, max_new_tokens: int, temperature:
             if cancelled or t + 1 == max_new_tokens or not bool(running.any()):
                 break
             position = position + 1
-            logits = _next_logits(model, cache, input_ids=token[:, None], attention_mask=mask[:, : W + t + 1],
-                                  position_ids=position)
+            if step is not None:
+                logits = step(token, position, mask[:, : W + t + 1], kv)
+            else:
+                logits = _next_logits(model, cache, input_ids=token[:, None], attention_mask=mask[:, : W + t + 1],
+                                      position_ids=position)
     return torch.stack(tokens, 1), torch.stack(logps, 1)
 
 
