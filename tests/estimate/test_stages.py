@@ -139,3 +139,26 @@ def test_the_builder_reads_the_stage(monkeypatch):
         estimate(shape, method="lora", batch_size=4, seq_len=64, supervised_fraction=0.5, device=CPU, logps=True,
                  padded=True).phases["forward"])
     assert json.dumps(est.to_dict())  # the new components serialise
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_rollout_copy_counts_the_packed_weights_the_decoding_step_keeps(tied):
+    """A bf16 rollout copy on a CPU: its weights (2 bytes each) and the oneDNN-packed copies of its linear
+    weights that models/decode_step.py keeps (decoder and head), as oneDNN sized them (they are not
+    allocated by torch's allocator); none on a GPU."""
+    from tunelab.models.decode_step import DecodeStep
+
+    # widths that are multiples of 64, as real models' are (oneDNN pads its blocks: DIMS' 24-wide heads
+    # would take 7% more than the weights)
+    cfg = config("qwen3", 2, tie_word_embeddings=tied, head_dim=32, intermediate_size=192, vocab_size=1024)
+    model = build(cfg).to(torch.bfloat16).eval()
+    step = DecodeStep(model).prepare()
+    packed = sum(torch.ops.mkldnn._nbytes(p) for _, p in step._packed.values())
+    assert len(step._packed) == 2 * 7 + 1
+    total = ModelShape.from_config(cfg).total_params()
+    kw = dict(method="lora", batch_size=8, seq_len=64, logps=True, padded=True, rollout_rows=8, rollout_len=64,
+              rollout_copy_bytes=2)
+    cpu = estimate(cfg, device=CPU, rollout_packs=True, **kw).components["rollout copy"]
+    assert cpu - 2 * total == pytest.approx(packed, rel=0.01)  # the norms' weights are not packed
+    assert estimate(cfg, device=CPU, **kw).components["rollout copy"] == 2 * total
+    assert estimate(cfg, device=GPU, rollout_packs=True, **kw).components["rollout copy"] == 2 * total

@@ -106,3 +106,16 @@ def test_models_it_leaves_to_their_own_forward(tunelab_home):
     hooked = tiny("llama")  # a forward hook the written step would skip: the check sees the difference
     hooked.model.layers[1].mlp.down_proj.register_forward_hook(lambda mod, args, out: out * 2)
     assert DS._supported(hooked, 16) is None and DS.decode_step(hooked, 16) is None
+
+
+def test_a_checked_model_is_not_kept_alive(tunelab_home):
+    import gc
+    import weakref
+
+    model = tiny("llama")
+    both_ways(model, steps=1)
+    assert model in DS._checked
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

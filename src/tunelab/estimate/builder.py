@@ -90,6 +90,8 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
                    rollout_rows=rollout, rollout_len=row_len, build_vocab=build_vocab,
                    reference_copy=grpo and o.kl_coef > 0 and m.name in ("full", "freeze"),
                    rollout_copy_bytes=2 if grpo and o.rollout_dtype != "model" else 0,
+                   rollout_packs=grpo and (o.rollout_dtype == "bfloat16" or (
+                       o.rollout_dtype == "model" and cfg.model.dtype == "bfloat16" and m.name in ("full", "freeze"))),
                    grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
                    lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
                    quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,

@@ -81,7 +81,8 @@ def _supported(base: Any, capacity: int) -> str | None:
 class DecodeStep:
     def __init__(self, base: Any):
         c = base.config
-        self.base, self.dec = base, base.get_decoder()
+        # a weak reference: `_checked` maps the model to this step, which must not keep the model alive
+        self._base, self.dec = weakref.ref(base), base.get_decoder()
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         # id(weight) -> (what was packed: its storage, dtype and version; the packed copy)
@@ -96,6 +97,10 @@ class DecodeStep:
             have = (stamp, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8))
             self._packed[id(w)] = have
         return have[1]
+
+    @property
+    def base(self) -> Any:
+        return self._base()
 
     def _linears(self) -> list[torch.nn.Linear]:
         return [lin for layer in self.dec.layers for lin in

@@ -25,6 +25,11 @@ Two things `generate` does not do, both for GRPO's rollouts (G samples of each p
 identical prompts are prefilled once and their KV cache rows copied (`_unique_rows`), and the KV cache
 is written into tensors allocated once for the whole decode (`_slab_layer`) instead of growing by a
 `torch.cat` of the whole cache per layer and token.
+
+After the prefill (the model's own forward), each token of a Llama-family model (Llama, SmolLM2, Qwen2,
+Qwen3, Mistral) is made by models/decode_step.py, the same computation written out with ~30 ops a layer
+instead of ~120 and bf16 weights packed for oneDNN on a CPU (SmolLM2 bf16, 8 rows: 42 -> 28 ms a token);
+other models, and adapters not merged, run their own forward for every token.
 """
 from __future__ import annotations
 
