@@ -94,11 +94,26 @@ def test_decode_uses_the_step_and_samples_the_same_tokens(tunelab_home, monkeypa
     assert torch.equal(tok_a, tok_b) and torch.allclose(lp_a, lp_b, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_lora_adapters_are_added_as_peft_adds_them(family, tunelab_home):
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(tiny(family), LoraConfig(r=4, lora_alpha=16, target_modules="all-linear",
+                                                   init_lora_weights=False, lora_dropout=0.1)).eval()
+    theirs, mine = both_ways(lora)
+    with lora.disable_adapter():
+        plain, _ = both_ways(lora)
+    assert (theirs - plain).abs().max() > 0.1  # the adapters change the logits
+    assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    lora.train()  # dropout: the model's own forward
+    assert DS.decode_step(lora, 16) is None
+
+
 def test_models_it_leaves_to_their_own_forward(tunelab_home):
     from peft import LoraConfig, get_peft_model
 
-    lora = get_peft_model(tiny("qwen3"), LoraConfig(r=4, target_modules="all-linear"))
-    assert DS.decode_step(lora, 16) is None  # the adapters live in peft's layers
+    dora = get_peft_model(tiny("qwen3"), LoraConfig(r=4, target_modules="all-linear", use_dora=True)).eval()
+    assert DS.decode_step(dora, 16) is None and "DoRA" in DS._supported(dora.get_base_model(), 16)
     mistral = tiny("mistral")
     mistral.config.sliding_window = 8
     assert DS._supported(mistral, 16) == "a sliding window of 8 positions"

@@ -86,12 +86,21 @@ def test_greedy_draw_is_the_argmax_with_log_probability_zero():
     assert token.tolist() == [1, 0] and logp.tolist() == [0.0, 0.0]
 
 
-def test_sampled_log_probabilities_are_the_models(lora_qwen):
+@pytest.mark.parametrize("per_token", ["decode_step", "forward"])
+def test_sampled_log_probabilities_are_the_models(per_token, lora_qwen, monkeypatch):
     """What `decode` reports for each sampled token equals the model's log-softmax at the sampling
     temperature, recomputed by one full forward over prompt + completion (GRPO corrects with these).
     Rows repeat a prompt, as GRPO's G samples do: the distinct prompts are prefilled once (3 rows, not 5)
-    and each repeat then decodes on its own copy of the cache (its samples differ, its log-probs are right)."""
+    and each repeat then decodes on its own copy of the cache (its samples differ, its log-probs are right).
+    Each token after the prefill is made by models/decode_step.py (LoRA layers added as peft adds them),
+    or by the model's forward."""
+    from tunelab.models import decode_step as DS
+
     model, tok = lora_qwen
+    if per_token == "forward":
+        monkeypatch.setattr(DS, "decode_step", lambda model, capacity: None)
+    else:
+        assert DS.decode_step(model, 64) is not None  # checked against the forward before the hook counts
     prompts = prompts_of(tok, QUESTIONS[:3])
     prompts = prompts + prompts[:2]
     width = max(map(len, prompts))
@@ -106,7 +115,7 @@ def test_sampled_log_probabilities_are_the_models(lora_qwen):
                             pad_id=0)
     finally:
         hook.remove()
-    assert seen[0] == (3, width) and seen[1:] == [(5, 1)] * 9
+    assert seen == [(3, width)] + ([(5, 1)] * 9 if per_token == "forward" else [])
     assert new[3].tolist() != new[0].tolist() and new[4].tolist() != new[1].tolist()
     full_mask = torch.cat([mask, torch.ones_like(new)], 1)
     with torch.no_grad():

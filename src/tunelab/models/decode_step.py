@@ -21,8 +21,10 @@ most 1/8 of the machine's memory (SmolLM2-135M: 270 MB; a 7B model in bf16 decod
 The computation is the modules' own, op for op where rounding depends on it: RMSNorm in fp32 rounded back
 before its weight, the rotary embedding from the model's own rotary module as q*cos + rotate_half(q)*sin,
 attention by torch's SDPA over the cache with the padding mask. A model is used only if one step on a
-small input agrees with its own forward (`_agrees`); other architectures, adapters that are not merged,
-quantized layers, soft-capped heads and sliding windows shorter than the cache decode through the model's forward.
+small input agrees with its own forward (`_agrees`). peft LoRA layers are computed as peft does, the base
+layer plus B(A(x)) * scaling (GRPO's default rollouts sample from the LoRA policy itself); other
+architectures, DoRA and other peft methods, quantized layers, soft-capped heads, models in training mode and
+sliding windows shorter than the cache decode through the model's forward.
 """
 from __future__ import annotations
 
@@ -67,15 +69,48 @@ def _supported(base: Any, capacity: int) -> str | None:
     if window is not None and window < capacity:
         return f"a sliding window of {window} positions"
     dec = base.get_decoder()
+    if type(dec.embed_tokens) is not torch.nn.Embedding:
+        return f"a {type(dec.embed_tokens).__name__} embedding"
     for layer in dec.layers:
         a, m = layer.self_attn, layer.mlp
         for lin in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj):
-            if type(lin) is not torch.nn.Linear:
-                return f"{type(lin).__name__} layers"
+            if isinstance(parts := _parts(lin), str):
+                return parts
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm, getattr(a, "q_norm", None),
+                     getattr(a, "k_norm", None)):
+            if norm is not None and not (hasattr(norm, "weight") and hasattr(norm, "variance_epsilon")):
+                return f"a {type(norm).__name__} norm"
     head = base.get_output_embeddings()
     if type(head) is not torch.nn.Linear or head.bias is not None:
         return "its head"
     return None
+
+
+def _parts(lin: Any) -> tuple[torch.nn.Linear, tuple[tuple[torch.Tensor, torch.Tensor, float], ...]] | str:
+    """(the plain linear layer, its active LoRA adapters as (A, B, scaling)) of a projection, or why the
+    step cannot compute it. A peft LoRA layer adds B(A(x)) * scaling to the base layer's output, adapter
+    by adapter, as its forward does (dropout is off in eval mode); merged or disabled adapters add nothing.
+    DoRA and other variants, quantized bases and adapters in another dtype are left to peft."""
+    if type(lin) is torch.nn.Linear:
+        return lin, ()
+    plain = getattr(lin, "base_layer", None)
+    if type(lin).__module__ != "peft.tuners.lora.layer" or type(plain) is not torch.nn.Linear:
+        return f"{type(lin).__name__} layers"
+    if lin.merged and lin.disable_adapters:
+        return "merged adapters that are disabled"  # peft unmerges them in its forward
+    if lin.merged or lin.disable_adapters:
+        return plain, ()
+    adapters = []
+    for name in lin.active_adapters:
+        if name not in lin.lora_A:
+            continue
+        a, b = lin.lora_A[name], lin.lora_B[name]
+        if name in getattr(lin, "lora_variant", {}) or type(a) is not torch.nn.Linear or \
+                type(b) is not torch.nn.Linear or a.bias is not None or b.bias is not None or \
+                a.weight.dtype != plain.weight.dtype:
+            return "LoRA variants (DoRA) or adapters in another dtype"
+        adapters.append((a.weight, b.weight, lin.scaling[name]))
+    return plain, tuple(adapters)
 
 
 class DecodeStep:
@@ -103,9 +138,18 @@ class DecodeStep:
         return self._base()
 
     def _linears(self) -> list[torch.nn.Linear]:
-        return [lin for layer in self.dec.layers for lin in
+        """The plain linear layers (LoRA layers' bases) and the head."""
+        return [_parts(lin)[0] for layer in self.dec.layers for lin in
                 (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
                  layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [self.base.get_output_embeddings()]
+
+    def _apply(self, x: torch.Tensor, spec: tuple) -> torch.Tensor:
+        """A projection: the (packed) weight and bias, plus each adapter's B(A(x)) * scaling as peft adds it."""
+        w, b, adapters = spec
+        y = self.linear(x, w, b)
+        for a, up, scaling in adapters:
+            y = y + F.linear(F.linear(x, a), up) * scaling
+        return y
 
     def prepare(self) -> "DecodeStep":
         """The weights as this decode will read them: packed copies made again where a weight changed."""
@@ -114,7 +158,10 @@ class DecodeStep:
         pack = _packs(w.dtype, w.device) and 8 * size <= _machine_bytes()
         self.linear = (lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if pack \
             else F.linear
-        own = lambda lin: (self._weight(lin.weight, pack), lin.bias)  # noqa: E731
+        def own(lin: Any) -> tuple:
+            plain, adapters = _parts(lin)
+            return self._weight(plain.weight, pack), plain.bias, adapters
+
         self.layers = []
         for layer in self.dec.layers:
             a, m = layer.self_attn, layer.mlp
@@ -128,7 +175,7 @@ class DecodeStep:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: Any) -> torch.Tensor:
         B, D, half = tokens.shape[0], self.head_dim, self.head_dim // 2
-        lin = self.linear
+        lin = self._apply
         x = self.dec.embed_tokens(tokens)
         cos, sin = self.dec.rotary_emb(x[:, None], positions)
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
@@ -139,9 +186,9 @@ class DecodeStep:
         for i, (ln1, q_lin, k_lin, v_lin, o_lin, q_norm, k_norm, scale, ln2, g_lin, u_lin, d_lin) in \
                 enumerate(self.layers):
             h = _rms(x, ln1.weight, ln1.variance_epsilon)
-            q = lin(h, *q_lin).view(B, self.heads, D)
-            k = lin(h, *k_lin).view(B, self.kv_heads, D)
-            v = lin(h, *v_lin).view(B, self.kv_heads, D)
+            q = lin(h, q_lin).view(B, self.heads, D)
+            k = lin(h, k_lin).view(B, self.kv_heads, D)
+            v = lin(h, v_lin).view(B, self.kv_heads, D)
             if q_norm is not None:  # Qwen3: RMSNorm of each head before the rotation
                 q, k = _rms(q, q_norm.weight, q_norm.variance_epsilon), _rms(k, k_norm.weight, k_norm.variance_epsilon)
             q = q * cos + torch.roll(q, half, -1) * sin
@@ -155,11 +202,11 @@ class DecodeStep:
             layer.length = end
             o = F.scaled_dot_product_attention(q[:, :, None], layer.slab_k[:, :, :end], layer.slab_v[:, :, :end],
                                                attn_mask=attend, scale=scale, enable_gqa=gqa)
-            x = x + lin(o.view(B, self.heads * D), *o_lin)
+            x = x + lin(o.view(B, self.heads * D), o_lin)
             h = _rms(x, ln2.weight, ln2.variance_epsilon)
-            x = x + lin(F.silu(lin(h, *g_lin)) * lin(h, *u_lin), *d_lin)
+            x = x + lin(F.silu(lin(h, g_lin)) * lin(h, u_lin), d_lin)
         norm = self.dec.norm
-        return lin(_rms(x, norm.weight, norm.variance_epsilon), self.head, None)
+        return self.linear(_rms(x, norm.weight, norm.variance_epsilon), self.head, None)
 
 
 def _agrees(model: Any, step: DecodeStep) -> bool:
@@ -198,9 +245,9 @@ def decode_step(model: Any, capacity: int) -> DecodeStep | None:
     """The prepared step for this model (weights packed as they are now), or None where the model's own
     forward must decode (the reason is `_supported`'s, or the check disagreed)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base is not model:
-        return None  # an adapter wrapper (peft) decodes through its own forward: its layers add the adapters
-    if _supported(base, capacity) is not None:
+    if base is not model and getattr(getattr(model, "active_peft_config", None), "peft_type", None) != "LORA":
+        return None  # other peft methods (prompt tuning, IA3, ...) decode through the model's forward
+    if base.training or _supported(base, capacity) is not None:  # training: dropout, LoRA's included
         return None
     step = _checked.get(base)
     if step is None:
