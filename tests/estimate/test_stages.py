@@ -130,7 +130,8 @@ def test_the_builder_reads_the_stage(monkeypatch):
     assert estimate_from_config(ckpt, device=CPU, model_config=shape, seq_len=64).tokens_per_step == 8 * 64
     assert est.phases["rollout"] == pytest.approx(
         est.components["weights"] * 2 + est.components["optimizer"]
-        + M.kv_cache_bytes(ModelShape.from_config(shape), rows=8, tokens=64, bf16=False))
+        + M.kv_cache_bytes(ModelShape.from_config(shape), rows=8, tokens=64, bf16=False)
+        + M.FP32 * shape.vocab_size * shape.hidden_size)  # the head, packed by models/decode_step.py
     assert est.components["reference"] == est.components["weights"]  # full with a KL term: a frozen copy
     dpo = C.load(None, ["stage=dpo", "data.name=arith_pairs", "training.batch_size=2"])
     est = estimate_from_config(dpo, device=CPU, model_config=shape, seq_len=64, supervised_fraction=0.5)
@@ -142,23 +143,38 @@ def test_the_builder_reads_the_stage(monkeypatch):
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_rollout_copy_counts_the_packed_weights_the_decoding_step_keeps(tied):
-    """A bf16 rollout copy on a CPU: its weights (2 bytes each) and the oneDNN-packed copies of its linear
-    weights that models/decode_step.py keeps (decoder and head), as oneDNN sized them (they are not
-    allocated by torch's allocator); none on a GPU."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_rollout_copy_counts_the_packed_weights_the_decoding_step_keeps(tied, dtype):
+    """GRPO samples through models/decode_step.py, which on a CPU keeps oneDNN-packed copies of weights (bf16:
+    the decoder's linear weights and the head; fp32: the head), counted with the rollout copy as oneDNN
+    sized them (they are not allocated by torch's allocator); none on a GPU."""
     from tunelab.models.decode_step import DecodeStep
 
     # widths that are multiples of 64, as real models' are (oneDNN pads its blocks: DIMS' 24-wide heads
     # would take 7% more than the weights)
     cfg = config("qwen3", 2, tie_word_embeddings=tied, head_dim=32, intermediate_size=192, vocab_size=1024)
-    model = build(cfg).to(torch.bfloat16).eval()
+    model = build(cfg).to(getattr(torch, dtype)).eval()
     step = DecodeStep(model).prepare()
     packed = sum(torch.ops.mkldnn._nbytes(p) for _, p in step._packed.values())
-    assert len(step._packed) == 2 * 7 + 1
+    assert len(step._packed) == (2 * 7 + 1 if dtype == "bfloat16" else 1)
     total = ModelShape.from_config(cfg).total_params()
+    copy = 2 if dtype == "bfloat16" else 0  # a bf16 rollout copy, or the fp32 policy itself
     kw = dict(method="lora", batch_size=8, seq_len=64, logps=True, padded=True, rollout_rows=8, rollout_len=64,
-              rollout_copy_bytes=2)
-    cpu = estimate(cfg, device=CPU, rollout_packs=True, **kw).components["rollout copy"]
-    assert cpu - 2 * total == pytest.approx(packed, rel=0.01)  # the norms' weights are not packed
-    assert estimate(cfg, device=CPU, **kw).components["rollout copy"] == 2 * total
-    assert estimate(cfg, device=GPU, rollout_packs=True, **kw).components["rollout copy"] == 2 * total
+              rollout_copy_bytes=copy)
+    cpu = estimate(cfg, device=CPU, rollout_packs=dtype, **kw).components.get("rollout copy", 0)
+    assert cpu - copy * total == pytest.approx(packed, rel=0.01)  # the norms' weights are not packed
+    assert estimate(cfg, device=CPU, **kw).components.get("rollout copy", 0) == copy * total
+    assert estimate(cfg, device=GPU, rollout_packs=dtype, **kw).components.get("rollout copy", 0) == copy * total
+
+
+def test_the_builder_names_the_dtype_grpo_samples_in():
+    from tunelab import config as C
+    from tunelab.estimate.builder import _rollout_packs
+
+    grpo = ["stage=grpo", "data.name=arith_en"]
+    assert _rollout_packs(C.load(None, grpo)) == "float32"  # the fp32 LoRA policy: its head packed
+    assert _rollout_packs(C.load(None, grpo + ["objective.rollout_dtype=bfloat16"])) == "bfloat16"
+    assert _rollout_packs(C.load(None, grpo + ["objective.rollout_dtype=float16"])) is None
+    assert _rollout_packs(C.load(None, grpo + ["model.dtype=bf16", "method.name=full"])) == "bfloat16"
+    assert _rollout_packs(C.load(None, grpo + ["model.dtype=bf16"])) is None  # fp32 adapters on a bf16 base
+    assert _rollout_packs(C.load(None, grpo + ["method.name=dora"])) is None

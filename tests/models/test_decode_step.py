@@ -53,6 +53,7 @@ def test_step_equals_the_models_forward_in_fp32(family, tunelab_home):
     assert model.config.model_type == family
     theirs, mine = both_ways(model)
     assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    assert list(DS._checked[model]._packed) == [id(model.lm_head.weight)]  # in fp32 only the head is packed
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

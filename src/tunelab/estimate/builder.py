@@ -90,8 +90,7 @@ def estimate_from_config(cfg: Any, *, device: Any = "cpu", supervised_fraction: 
                    rollout_rows=rollout, rollout_len=row_len, build_vocab=build_vocab,
                    reference_copy=grpo and o.kl_coef > 0 and m.name in ("full", "freeze"),
                    rollout_copy_bytes=2 if grpo and o.rollout_dtype != "model" else 0,
-                   rollout_packs=grpo and (o.rollout_dtype == "bfloat16" or (
-                       o.rollout_dtype == "model" and cfg.model.dtype == "bfloat16" and m.name in ("full", "freeze"))),
+                   rollout_packs=_rollout_packs(cfg) if grpo else None,
                    grad_checkpointing=t.gradient_checkpointing, precision=t.precision, device=device,
                    lora_r=m.lora_r, lora_dropout=m.lora_dropout, target_modules=tuple(m.target_modules),
                    quant_type=m.quant_type, double_quant=m.double_quant, momentum=cfg.optimizer.momentum,
@@ -128,3 +127,18 @@ def _scratch(cfg: Any, model_config: Any) -> tuple[Any, int | None]:
         return model_config, None
     tokens = len(load.load_tokenizer(cfg.model.tokenizer, trust_remote_code=cfg.model.trust_remote_code))
     return model_config, -(-tokens // 64) * 64
+
+
+def _rollout_packs(cfg: Any) -> str | None:
+    """The dtype of the model grpo samples from, where models/decode_step.py makes its tokens (and keeps
+    oneDNN-packed weights on a CPU): the bf16 rollout copy, else the policy itself unless its layers are left
+    to their own forward (DoRA, 4-bit QLoRA) or a bf16 base carries fp32 adapters (peft's default)."""
+    from ..config import DTYPES
+
+    o, method = cfg.objective, cfg.method.name
+    if o.rollout_dtype != "model":
+        return o.rollout_dtype if o.rollout_dtype == "bfloat16" else None
+    if method in ("dora", "qlora"):
+        return None
+    dtype = DTYPES.get(cfg.model.dtype, "float32")
+    return dtype if dtype == "float32" or method in ("full", "freeze") else None

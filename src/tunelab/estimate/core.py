@@ -75,13 +75,18 @@ def _check(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}: unknown '{value}'; known: {', '.join(allowed)}")
 
 
-def _packed_bytes(shape: ModelShape, total: int, dev: DeviceProfile) -> float:
-    """Bytes of the bf16 linear weights models/decode_step.py packs for oneDNN on a CPU (the decoder's and
-    the head: all but the untied embedding), 0 where it does not pack them (GPU, other families, over 1/8
-    of the machine's memory)."""
-    from ..models.decode_step import FAMILIES
+def _packed_bytes(shape: ModelShape, total: int, dev: DeviceProfile, dtype: str | None) -> float:
+    """Bytes of the weights models/decode_step.py packs for oneDNN on a CPU: in bfloat16 the decoder's linear
+    weights and the head (all but an untied embedding), in float32 the head (`PACK_FP32`); 0 where it packs
+    none (no dtype, a GPU, other families, over 1/8 of the machine's memory)."""
+    from ..models.decode_step import FAMILIES, PACK_FP32
 
-    size = M.BF16 * (total - (0 if shape.tied else shape.vocab * shape.hidden))
+    if dtype == "bfloat16":
+        size = M.BF16 * (total - (0 if shape.tied else shape.vocab * shape.hidden))
+    elif dtype == "float32" and PACK_FP32 == ("head",):
+        size = M.FP32 * shape.vocab * shape.hidden
+    else:
+        size = 0
     return float(size) if dev.kind == "cpu" and shape.model_type in FAMILIES and 8 * size <= dev.memory_bytes else 0.0
 
 
@@ -95,7 +100,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
              strategy: str = "ddp", checkpoint_mapped: bool = False, trim_heap: bool = False,
              cpu_allocator: str = "auto", recompute_elementwise: bool = True, logps: bool = False,
              padded: bool = False, build_vocab: int | None = None, rollout_rows: int = 0, rollout_len: int = 0,
-             reference_copy: bool = False, rollout_copy_bytes: int = 0, rollout_packs: bool = False) -> Estimate:
+             reference_copy: bool = False, rollout_copy_bytes: int = 0, rollout_packs: str | None = None) -> Estimate:
     """Predict the peak memory (bytes) and time of one optimizer step with micro-batches of
     `batch_size` rows x `seq_len` tokens, a `supervised_fraction` of them in the loss. With
     `grad_accum` > 1 the gradients of earlier micro-batches are alive during the later ones.
@@ -112,9 +117,10 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
     grpo) instead of the fused loss; `padded`, rows padded to the widest with a mask (counted like packed
     rows' mask); `rollout_rows` x `rollout_len`, the rows grpo generates together (their key/value cache);
     `reference_copy`, grpo's frozen copy of the weights (full/freeze with a KL term); `rollout_copy_bytes`,
-    grpo's rollout copy (objective.rollout_dtype) at that many bytes a weight; `rollout_packs`, grpo samples
-    from a plain bf16 model (that copy, or full/freeze bf16 weights), whose linear weights the decoding step
-    keeps packed for oneDNN on a CPU (models/decode_step.py; Llama-family models that fit its 1/8 rule). `build_vocab`: a model
+    grpo's rollout copy (objective.rollout_dtype) at that many bytes a weight; `rollout_packs`, the dtype
+    (bfloat16, float32) of the model grpo samples from through models/decode_step.py, which on a CPU keeps
+    oneDNN-packed copies of its weights (bf16: every linear weight; fp32: the head; Llama-family models within
+    its 1/8 rule), counted with the rollout copy. `build_vocab`: a model
     built from scratch is first made at this vocabulary (the named model's), then resized to `vocab_size`."""
     _check("method.name", method, METHODS)
     _check("optimizer.name", optimizer, OPTIMIZERS)
@@ -259,7 +265,7 @@ def estimate(model_config: Any, *, method: str = "lora", optimizer: str = "adamw
         mid_acts, mid_grads = fixed, grad_bytes + tied_emb_grad
     held = {"weights": weights, "adapters": adapters, "distributed": extra_dist, "optimizer": opt_bytes,
             "reference": weights if reference_copy else 0.0,
-            "rollout copy": float(rollout_copy_bytes * total + _packed_bytes(shape, total, dev) * rollout_packs)}
+            "rollout copy": float(rollout_copy_bytes * total + _packed_bytes(shape, total, dev, rollout_packs))}
     moments = {
         "forward": {**held, "gradients": grad_bytes if accum else 0.0, "activations": acts + forward_copies,
                     "logits": forward_logits},

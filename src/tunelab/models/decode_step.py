@@ -10,13 +10,14 @@ tensors of a fixed capacity; the step writes its key and value at the next posit
 Why by hand: on a CPU a small model's token costs the matrix products (reading every weight once) plus
 the small ops around them. transformers' layer spends ~120 aten calls per decoder layer on one token
 (views and transposes, dtype round trips, rotate_half's cat, the cache object, a 4-D mask rebuilt per
-token); this spends ~30. And 16-bit weights on a CPU go to oneDNN pre-packed in its blocked layout
+token); this spends ~30. And bf16 weights on a CPU go to oneDNN pre-packed in its blocked layout
 (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's CPU freezing pass does): for 8 rows a bf16
 product reads SmolLM2's weights at ~20 GB/s instead of ~13 with the plain layout (measured on this
-project's machine, all its shapes; the same values bit for bit). A packed copy is kept per weight and
-made again when the weight changes (its version counter: GRPO's rollout copy is refreshed in place every
-step); it costs the 16-bit linear weights' bytes once more, so weights are packed only where they take at
-most 1/8 of the machine's memory (SmolLM2-135M: 270 MB; a 7B model in bf16 decodes unpacked).
+project's machine, all its shapes; the same values bit for bit). In fp32 only the head is packed (2.5x
+faster there, the other shapes gain little; `PACK_FP32`). A packed copy is kept per weight and made again
+when the weight changes (its version counter: GRPO's rollout copy is refreshed in place every step); it
+costs those weights' bytes once more, so weights are packed only where they take at most 1/8 of the
+machine's memory (SmolLM2-135M bf16: 270 MB; a 7B model in bf16 decodes unpacked).
 
 The computation is the modules' own, op for op where rounding depends on it: RMSNorm in fp32 rounded back
 before its weight, the rotary embedding from the model's own rotary module as q*cos + rotate_half(q)*sin,
@@ -44,10 +45,22 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _packs(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the weights go to oneDNN packed: bf16 on a CPU (fp32 gained nothing overall when measured)."""
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+# fp32 weights packed: the head only. SmolLM2-135M fp32, 8 rows, ms a token (decode, this machine): plain 76,
+# head packed 67 (its 49k x 576 product 12.8 -> 5.0 ms), gate/up too 63-66, every weight 64-70 (the narrow
+# k/v products are slower packed); +113 MB for the head against +430 MB for the rest.
+PACK_FP32 = ("head",)
+
+
+def _packs(w: torch.Tensor, role: str) -> bool:
+    """Whether this weight goes to oneDNN packed: every bf16 weight on a CPU; in fp32 the roles in PACK_FP32
+    (the head)."""
+    return (w.device.type == "cpu" and (w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and role in PACK_FP32))
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _packed_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
 def _machine_bytes() -> int:
@@ -145,22 +158,25 @@ class DecodeStep:
 
     def _apply(self, x: torch.Tensor, spec: tuple) -> torch.Tensor:
         """A projection: the (packed) weight and bias, plus each adapter's B(A(x)) * scaling as peft adds it."""
-        w, b, adapters = spec
-        y = self.linear(x, w, b)
+        linear, w, b, adapters = spec
+        y = linear(x, w, b)
         for a, up, scaling in adapters:
             y = y + F.linear(F.linear(x, a), up) * scaling
         return y
 
     def prepare(self) -> "DecodeStep":
         """The weights as this decode will read them: packed copies made again where a weight changed."""
-        w = self.base.get_output_embeddings().weight
-        size = sum(lin.weight.numel() * lin.weight.element_size() for lin in self._linears())
-        pack = _packs(w.dtype, w.device) and 8 * size <= _machine_bytes()
-        self.linear = (lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if pack \
-            else F.linear
+        head = self.base.get_output_embeddings()
+        roles = [(lin, "head" if lin is head else "up" if lin.out_features > lin.in_features else "other")
+                 for lin in self._linears()]
+        size = sum(lin.weight.numel() * lin.weight.element_size() for lin, role in roles if _packs(lin.weight, role))
+        fits = 8 * size <= _machine_bytes()
+        role_of = {id(lin): role for lin, role in roles}
+
         def own(lin: Any) -> tuple:
             plain, adapters = _parts(lin)
-            return self._weight(plain.weight, pack), plain.bias, adapters
+            pack = fits and _packs(plain.weight, role_of[id(plain)])
+            return (_packed_linear if pack else F.linear), self._weight(plain.weight, pack), plain.bias, adapters
 
         self.layers = []
         for layer in self.dec.layers:
@@ -168,9 +184,9 @@ class DecodeStep:
             self.layers.append((layer.input_layernorm, own(a.q_proj), own(a.k_proj), own(a.v_proj), own(a.o_proj),
                                 getattr(a, "q_norm", None), getattr(a, "k_norm", None), a.scaling,
                                 layer.post_attention_layernorm, own(m.gate_proj), own(m.up_proj), own(m.down_proj)))
-        self.head = self._weight(w, pack)
-        live = {id(lin.weight) for lin in self._linears()}
-        self._packed = {k: v for k, v in self._packed.items() if k in live and pack}
+        self.head = own(head)
+        live = {id(lin.weight) for lin, role in roles if fits and _packs(lin.weight, role)}
+        self._packed = {k: v for k, v in self._packed.items() if k in live}
         return self
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: Any) -> torch.Tensor:
@@ -206,7 +222,7 @@ class DecodeStep:
             h = _rms(x, ln2.weight, ln2.variance_epsilon)
             x = x + lin(F.silu(lin(h, g_lin)) * lin(h, u_lin), d_lin)
         norm = self.dec.norm
-        return self.linear(_rms(x, norm.weight, norm.variance_epsilon), self.head, None)
+        return self._apply(_rms(x, norm.weight, norm.variance_epsilon), self.head)
 
 
 def _agrees(model: Any, step: DecodeStep) -> bool:

@@ -28,8 +28,8 @@ is written into tensors allocated once for the whole decode (`_slab_layer`) inst
 
 After the prefill (the model's own forward), each token of a Llama-family model (Llama, SmolLM2, Qwen2,
 Qwen3, Mistral) is made by models/decode_step.py, the same computation written out with ~30 ops a layer
-instead of ~120 and bf16 weights packed for oneDNN on a CPU (SmolLM2 bf16, 8 rows: 42 -> 28 ms a token);
-other models, and adapters not merged, run their own forward for every token.
+instead of ~120 and bf16 weights packed for oneDNN on a CPU (SmolLM2 bf16, 8 rows: 42 -> 28 ms a token),
+peft LoRA layers included; other models (and DoRA) run their own forward for every token.
 """
 from __future__ import annotations
 
