@@ -1,7 +1,7 @@
 """The per-token forward of tunelab's decoding loop, written out for Llama-family decoders (Llama, SmolLM2,
 Qwen2, Qwen2.5, Qwen3, Mistral).
 
-    step = decode_step(model)                  # None: the model's own forward decodes
+    step = decode_step(model, capacity)        # None: the model's own forward decodes (capacity: cache positions)
     logits = step(tokens, positions, mask, kv)  # tokens [B], positions [B, 1], mask [B, L] -> next logits [B, V]
 
 `kv` is the cache the prompt's prefill (the model's own forward) wrote: models/generate.py's slab layers,
@@ -17,7 +17,7 @@ project's machine, all its shapes; the same values bit for bit). In fp32 only th
 faster there, the other shapes gain little; `PACK_FP32`). A packed copy is kept per weight and made again
 when the weight changes (its version counter: GRPO's rollout copy is refreshed in place every step); it
 costs those weights' bytes once more, so weights are packed only where they take at most 1/8 of the
-machine's memory (SmolLM2-135M bf16: 270 MB; a 7B model in bf16 decodes unpacked).
+machine's memory (SmolLM2-135M bf16: 257 MB; a 7B model in bf16 decodes unpacked).
 
 The computation is the modules' own, op for op where rounding depends on it: RMSNorm in fp32 rounded back
 before its weight, the rotary embedding from the model's own rotary module as q*cos + rotate_half(q)*sin,
