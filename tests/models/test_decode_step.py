@@ -1,6 +1,6 @@
 """The hand-written decoding step (models/decode_step.py) against the model's own forward: Llama, Qwen2 (q/k/v
-biases) and Qwen3 (q/k norms), fp32 and bf16 with oneDNN-packed weights, a weight changed in place, and
-the models it must leave to their own forward."""
+biases), Qwen3 (q/k norms) and Mistral, fp32 and bf16 with oneDNN-packed weights, peft LoRA layers, a weight
+changed in place, and the models it must leave to their own forward."""
 from __future__ import annotations
 
 import pytest
@@ -47,7 +47,7 @@ def both_ways(model, steps: int = 5):
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
 def test_step_equals_the_models_forward_in_fp32(family, tunelab_home):
     model = tiny(family)
     assert model.config.model_type == family
