@@ -77,13 +77,13 @@ def _check(name: str, value: Any, allowed: tuple) -> None:
 
 def _packed_bytes(shape: ModelShape, total: int, dev: DeviceProfile, dtype: str | None) -> float:
     """Bytes of the weights models/decode_step.py packs for oneDNN on a CPU: in bfloat16 the decoder's linear
-    weights and the head (all but an untied embedding), in float32 the head (`PACK_FP32`); 0 where it packs
+    weights and the head (all but an untied embedding), in float32 the head (its `_packs`); 0 where it packs
     none (no dtype, a GPU, other families, over 1/8 of the machine's memory)."""
-    from ..models.decode_step import FAMILIES, PACK_FP32
+    from ..models.decode_step import FAMILIES
 
     if dtype == "bfloat16":
         size = M.BF16 * (total - (0 if shape.tied else shape.vocab * shape.hidden))
-    elif dtype == "float32" and PACK_FP32 == ("head",):
+    elif dtype == "float32":
         size = M.FP32 * shape.vocab * shape.hidden
     else:
         size = 0

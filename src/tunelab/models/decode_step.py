@@ -14,7 +14,7 @@ token); this spends ~30. And bf16 weights on a CPU go to oneDNN pre-packed in it
 (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's CPU freezing pass does): for 8 rows a bf16
 product reads SmolLM2's weights at ~20 GB/s instead of ~13 with the plain layout (measured on this
 project's machine, all its shapes; the same values bit for bit). In fp32 only the head is packed (2.5x
-faster there, the other shapes gain little; `PACK_FP32`). A packed copy is kept per weight and made again
+faster there, the other shapes gain little; `_packs`). A packed copy is kept per weight and made again
 when the weight changes (its version counter: GRPO's rollout copy is refreshed in place every step); it
 costs those weights' bytes once more, so weights are packed only where they take at most 1/8 of the
 machine's memory (SmolLM2-135M bf16: 257 MB; a 7B model in bf16 decodes unpacked).
@@ -45,16 +45,12 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-# fp32 weights packed: the head only. SmolLM2-135M fp32, 8 rows, ms a token (decode, this machine): plain 76,
-# head packed 67 (its 49k x 576 product 12.8 -> 5.0 ms), gate/up too 63-66, every weight 64-70 (the narrow
-# k/v products are slower packed); +113 MB for the head against +430 MB for the rest.
-PACK_FP32 = ("head",)
-
-
-def _packs(w: torch.Tensor, role: str) -> bool:
-    """Whether this weight goes to oneDNN packed: every bf16 weight on a CPU; in fp32 the roles in PACK_FP32
-    (the head)."""
-    return (w.device.type == "cpu" and (w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and role in PACK_FP32))
+def _packs(w: torch.Tensor, head: bool) -> bool:
+    """Whether this weight goes to oneDNN packed: every bf16 weight on a CPU; in fp32 the head only.
+    SmolLM2-135M fp32, 8 rows, ms a token (decode, this machine): plain 76, head packed 67 (its 49k x 576
+    product 12.8 -> 5.0 ms), gate/up too 63-66, every weight 64-70 (the narrow k/v products are slower
+    packed); +113 MB for the head against +430 MB for the rest."""
+    return (w.device.type == "cpu" and (w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and head))
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
@@ -167,15 +163,13 @@ class DecodeStep:
     def prepare(self) -> "DecodeStep":
         """The weights as this decode will read them: packed copies made again where a weight changed."""
         head = self.base.get_output_embeddings()
-        roles = [(lin, "head" if lin is head else "up" if lin.out_features > lin.in_features else "other")
-                 for lin in self._linears()]
-        size = sum(lin.weight.numel() * lin.weight.element_size() for lin, role in roles if _packs(lin.weight, role))
-        fits = 8 * size <= _machine_bytes()
-        role_of = {id(lin): role for lin, role in roles}
+        packs = {id(lin.weight): lin.weight for lin in self._linears() if _packs(lin.weight, lin is head)}
+        if 8 * sum(w.numel() * w.element_size() for w in packs.values()) > _machine_bytes():
+            packs = {}
 
         def own(lin: Any) -> tuple:
             plain, adapters = _parts(lin)
-            pack = fits and _packs(plain.weight, role_of[id(plain)])
+            pack = id(plain.weight) in packs
             return (_packed_linear if pack else F.linear), self._weight(plain.weight, pack), plain.bias, adapters
 
         self.layers = []
@@ -185,8 +179,7 @@ class DecodeStep:
                                 getattr(a, "q_norm", None), getattr(a, "k_norm", None), a.scaling,
                                 layer.post_attention_layernorm, own(m.gate_proj), own(m.up_proj), own(m.down_proj)))
         self.head = own(head)
-        live = {id(lin.weight) for lin, role in roles if fits and _packs(lin.weight, role)}
-        self._packed = {k: v for k, v in self._packed.items() if k in live}
+        self._packed = {k: v for k, v in self._packed.items() if k in packs}
         return self
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: Any) -> torch.Tensor:
